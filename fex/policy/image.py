@@ -1,0 +1,45 @@
+"""Image backbone: a small encoder-decoder CNN giving per-pixel embeddings with global context."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F_
+from torch import nn
+
+
+def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.GroupNorm(1, c_out), nn.ReLU())
+
+
+class ConvBackbone(nn.Module):
+    """[B, C, H, W] -> (per-pixel embeddings [B, D, H, W], global embedding [B, D]).
+
+    ``depth`` stride-2 stages build context; their output is upsampled back to full
+    resolution, added to a full-resolution stem, and a global vector is broadcast in,
+    so every pixel embedding sees the whole image. Works for any H, W.
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 32, depth: int = 2, out_dim: int = 64) -> None:
+        super().__init__()
+        self.in_channels = int(in_channels)
+        self.out_dim = int(out_dim)
+        self.stem = _block(in_channels, width)
+        downs, c = [], width
+        for i in range(depth):
+            downs.append(_block(c, width * 2 ** (i + 1), stride=2))
+            c = width * 2 ** (i + 1)
+        self.downs = nn.ModuleList(downs)
+        self.proj_local = nn.Conv2d(width, out_dim, 1)
+        self.proj_ctx = nn.Conv2d(c, out_dim, 1)
+        self.proj_global = nn.Linear(c, out_dim)
+        self.mix = _block(out_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        local = self.stem(x)
+        h = local
+        for down in self.downs:
+            h = down(h)
+        glob = h.mean((2, 3))  # [B, c]
+        ctx = F_.interpolate(self.proj_ctx(h), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        g = self.proj_global(glob)  # [B, D]
+        pix = self.mix(self.proj_local(local) + ctx + g[:, :, None, None])
+        return pix, g
