@@ -73,3 +73,134 @@ def deletion_auc(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tenso
 def insertion_auc(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, target: torch.Tensor,
                   steps: int | None = None) -> torch.Tensor:
     return auc(perturbation_curve(blackbox, masker, x, scores, target, "insertion", steps))
+
+
+# --------------------------------------------------------------------------- more metrics
+def aopc(curve: torch.Tensor) -> torch.Tensor:
+    """AOPC (Samek et al. 2017) of deletion curves [B, S+1] -> [B].
+
+    ``1/(S+1) * sum_s (p_0 - p_s)``: the mean drop of the target probability while the
+    most important features are removed; higher = more faithful.
+    """
+    return (curve[:, :1] - curve).mean(1)
+
+
+def rationale_masks(scores: torch.Tensor, valid: torch.Tensor, fractions: tuple[float, ...]) -> torch.Tensor:
+    """Keep-masks [B, R, F] of the top ``ceil(fraction * n)`` valid features (at least one), ties by index."""
+    b, f = scores.shape
+    n = valid.sum(1).double()  # [B]
+    big = torch.finfo(scores.dtype).max
+    key = torch.where(valid, scores, torch.full_like(scores, -big))
+    order = torch.sort(-key, dim=1, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(f, device=scores.device).expand(b, f))
+    fr = torch.as_tensor(fractions, dtype=torch.float64, device=scores.device)
+    counts = torch.ceil(fr[None, :] * n[:, None] - 1e-9).clamp_min(1).long()  # [B, R]
+    top = (rank[:, None, :] < counts[:, :, None]) & valid[:, None, :]
+    return top.to(scores.dtype)
+
+
+ERASER_FRACTIONS = (0.01, 0.05, 0.1, 0.2, 0.5)
+
+
+def _target_prob(blackbox: BlackBox, masker: Masker, x: Any, masks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Target-class probability of masked inputs: masks [B, K, F] -> [B, K]."""
+    b, k, _ = masks.shape
+    probs = blackbox(masker.apply(x, masks))
+    return probs.view(b, k, -1).gather(2, target.view(b, 1, 1).expand(b, k, 1).to(probs.device)).squeeze(2)
+
+
+def eraser(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, target: torch.Tensor,
+           fractions: tuple[float, ...] = ERASER_FRACTIONS) -> dict[str, torch.Tensor]:
+    """ERASER comprehensiveness and sufficiency (DeYoung et al. 2020), averaged over rationale sizes.
+
+    For each fraction k the rationale is the top-k valid features. ``comprehensiveness`` =
+    mean_k [p(x) - p(x without rationale)] (higher is better); ``sufficiency`` =
+    mean_k [p(x) - p(rationale only)] (lower is better). Returns both as [B].
+    """
+    valid = masker.valid(x)
+    keep = rationale_masks(scores.to(valid.device).float(), valid, tuple(fractions))  # [B, R, F]
+    full = valid[:, None, :].to(keep.dtype)
+    r = keep.shape[1]
+    p = _target_prob(blackbox, masker, x, torch.cat([full, full - keep, keep], 1), target)  # [B, 1+2R]
+    p0 = p[:, :1]
+    return {"comprehensiveness": (p0 - p[:, 1:1 + r]).mean(1), "sufficiency": (p0 - p[:, 1 + r:]).mean(1)}
+
+
+def comprehensiveness(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, target: torch.Tensor,
+                      fractions: tuple[float, ...] = ERASER_FRACTIONS) -> torch.Tensor:
+    return eraser(blackbox, masker, x, scores, target, fractions)["comprehensiveness"]
+
+
+def sufficiency(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, target: torch.Tensor,
+                fractions: tuple[float, ...] = ERASER_FRACTIONS) -> torch.Tensor:
+    return eraser(blackbox, masker, x, scores, target, fractions)["sufficiency"]
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Row-wise Pearson correlation of [B, N] and [B, N] -> [B] (0 where either row is constant)."""
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    den = (a.pow(2).sum(1) * b.pow(2).sum(1)).sqrt()
+    return torch.where(den > eps, (a * b).sum(1) / den.clamp_min(eps), torch.zeros_like(den))
+
+
+def faithfulness_correlation(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, target: torch.Tensor,
+                             subset_fraction: float = 0.2, num_subsets: int = 64, seed: int = 0) -> torch.Tensor:
+    """Faithfulness correlation (Bhatt et al. 2020) -> [B] in [-1, 1], higher is better.
+
+    Draws ``num_subsets`` random subsets S of ``round(subset_fraction * n)`` valid features
+    (same subsets for every method: fixed ``seed``), and correlates ``sum_{i in S} a_i`` with
+    the probability drop ``p(x) - p(x without S)``.
+    """
+    valid = masker.valid(x)
+    b, f = valid.shape
+    gen = torch.Generator().manual_seed(int(seed))
+    u = torch.rand(b, num_subsets, f, generator=gen).to(valid.device)
+    u = u.masked_fill(~valid[:, None, :], 2.0)  # invalid features are never drawn
+    size = torch.round(valid.sum(1).double() * subset_fraction).clamp_min(1).long()  # [B]
+    rank = u.argsort(-1).argsort(-1)
+    subset = (rank < size[:, None, None]) & valid[:, None, :]  # [B, N, F]
+    full = valid[:, None, :].float()
+    p = _target_prob(blackbox, masker, x, torch.cat([full, full - subset.float()], 1), target)  # [B, 1+N]
+    drop = p[:, :1] - p[:, 1:]
+    attr = (subset.float() * scores.to(valid.device).float()[:, None, :]).sum(-1)
+    return pearson(attr, drop)
+
+
+def with_substrate(masker: Masker, substrate: str | None) -> Masker:
+    """A copy of ``masker`` whose removed features become ``substrate`` (e.g. zeros/mean/blur)."""
+    if substrate is None or getattr(masker, "baseline", None) == substrate:
+        return masker
+    import copy
+    import sys
+
+    from fex.errors import InputError
+
+    if not hasattr(masker, "baseline"):
+        raise InputError(f"{type(masker).__name__} has no configurable substrate (asked for {substrate!r})")
+    allowed = getattr(sys.modules[type(masker).__module__], "BASELINES", None)
+    if allowed is not None and substrate not in allowed:
+        raise InputError(f"substrate must be one of {tuple(allowed)}, got {substrate!r}")
+    m = copy.copy(masker)
+    m.baseline = substrate
+    return m
+
+
+def faithfulness(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, target: torch.Tensor,
+                 steps: int | None = None, fractions: tuple[float, ...] = ERASER_FRACTIONS,
+                 num_subsets: int = 64, subset_fraction: float = 0.2, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every metric above for one batch, computed identically for any method's ``scores`` [B, F].
+
+    Returns per-example tensors [B] (``deletion_auc``, ``insertion_auc``, ``aopc``,
+    ``comprehensiveness``, ``sufficiency``, ``faithfulness_corr``) and the curves
+    ``deletion_curve`` / ``insertion_curve`` [B, S+1].
+    """
+    dele = perturbation_curve(blackbox, masker, x, scores, target, "deletion", steps)
+    ins = perturbation_curve(blackbox, masker, x, scores, target, "insertion", steps)
+    out = {"deletion_auc": auc(dele), "insertion_auc": auc(ins), "aopc": aopc(dele)}
+    out.update(eraser(blackbox, masker, x, scores, target, fractions))
+    out["faithfulness_corr"] = faithfulness_correlation(blackbox, masker, x, scores, target, subset_fraction,
+                                                        num_subsets, seed)
+    out["deletion_curve"], out["insertion_curve"] = dele, ins
+    return out

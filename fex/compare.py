@@ -1,0 +1,206 @@
+"""Run attribution methods side by side on the same inputs, features and metrics, with cost accounting.
+
+Letters: B batch, N examples, F features, S curve steps.
+
+Cost, per method:
+
+- ``queries_per_expl``: black-box queries (``BlackBox.queries`` delta) / explanations.
+  The explained class is computed once by the caller and handed to every method, so that
+  query is not charged to anyone.
+- ``sec_per_expl``: median over batches of (batch wall time / batch size), after one
+  warm-up example per method (lazy initialisation is not charged).
+- ``peak_mem_mib``: peak resident memory *increase* while the method explains one batch.
+  On Linux we release freed heap memory back to the OS (``malloc_trim``), reset the
+  kernel's high-water mark (``/proc/self/clear_refs`` = 5) and read ``VmHWM - VmRSS`` around
+  the batch; this counts torch's CPU tensors and Python objects alike. Elsewhere it falls
+  back to ``tracemalloc``'s peak (Python allocations only) and says so in ``mem_method``.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import statistics
+import time
+import tracemalloc
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from fex import metrics as M
+from fex.blackbox import BlackBox
+from fex.maskers.base import Masker
+
+QUALITY_KEYS = ("deletion_auc", "insertion_auc", "aopc", "comprehensiveness", "sufficiency", "faithfulness_corr")
+HIGHER_IS_BETTER = {"deletion_auc": False, "insertion_auc": True, "aopc": True, "comprehensiveness": True,
+                    "sufficiency": False, "faithfulness_corr": True}
+
+
+# --------------------------------------------------------------------------- memory
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PeakMemory:
+    """Context manager measuring the peak memory increase (MiB) of the enclosed code."""
+
+    def __init__(self) -> None:
+        self.mib = 0.0
+        self.method = "rss-hwm"
+
+    def __enter__(self) -> "PeakMemory":
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            self._base = _status_kib("VmRSS")
+            if self._base is None:
+                raise OSError
+        except (OSError, AttributeError):
+            self.method = "tracemalloc"
+            tracemalloc.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.method == "tracemalloc":
+            self.mib = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+        else:
+            self.mib = max(0, (_status_kib("VmHWM") or 0) - self._base) / 1024
+
+
+# --------------------------------------------------------------------------- running
+def _batches(n: int, size: int) -> list[slice]:
+    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def explain_all(method: Any, masker: Masker, x: Any, target: torch.Tensor, batch_size: int,
+                warmup: bool = True) -> dict:
+    """Scores [N, F] for all examples plus the cost record of ``method``."""
+    bb: BlackBox = method.blackbox
+    n = masker.batch_size(x)
+    dev = masker.device_of(x)
+    if warmup:
+        method.attribute(masker.select(x, torch.tensor([0], device=dev)), target[:1])
+    times, scores, q0, mem, mem_method = [], [], bb.queries, 0.0, "none"
+    for i, sl in enumerate(_batches(n, batch_size)):
+        xb = masker.select(x, torch.arange(sl.start, sl.stop, device=dev))
+        if i == 0:
+            with PeakMemory() as pm:
+                t0 = time.perf_counter()
+                s = method.attribute(xb, target[sl])
+                dt = time.perf_counter() - t0
+            mem, mem_method = pm.mib, pm.method
+        else:
+            t0 = time.perf_counter()
+            s = method.attribute(xb, target[sl])
+            dt = time.perf_counter() - t0
+        times.append(dt / (sl.stop - sl.start))
+        scores.append(s.float().cpu())
+    return {"scores": torch.cat(scores), "sec_per_expl": statistics.median(times),
+            "queries_per_expl": (bb.queries - q0) / n, "peak_mem_mib": mem, "mem_method": mem_method,
+            "batch_size": batch_size}
+
+
+def score_all(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, target: torch.Tensor,
+              batch_size: int = 64, **metric_kwargs: Any) -> dict[str, torch.Tensor]:
+    """``fex.metrics.faithfulness`` over all examples in batches -> per-example [N] / curves [N, S+1]."""
+    n = masker.batch_size(x)
+    dev = masker.device_of(x)
+    parts: list[dict] = []
+    q0 = blackbox.queries
+    for sl in _batches(n, batch_size):
+        xb = masker.select(x, torch.arange(sl.start, sl.stop, device=dev))
+        parts.append({k: v.cpu() for k, v in M.faithfulness(blackbox, masker, xb, scores[sl], target[sl],
+                                                                 **metric_kwargs).items()})
+    blackbox.queries = q0  # metric queries are not the method's cost
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def run_methods(blackbox: BlackBox, masker: Masker, x: Any, target: torch.Tensor,
+                methods: Mapping[str, Callable[[], Any] | Any], batch_size: int = 16, metric_masker: Masker | None = None,
+                metric_kwargs: Mapping[str, Any] | None = None, log: Callable[[str], None] | None = print) -> list[dict]:
+    """Explain ``x`` (N examples, explained class ``target`` [N]) with every method and score them.
+
+    ``methods`` maps a name to a method object or a zero-argument factory (built lazily so a
+    failing method is reported, not fatal). Metrics use ``metric_masker`` (default ``masker``;
+    e.g. another substrate) identically for every method. Returns one row per method:
+    cost fields, mean quality metrics, and (non-JSON) ``scores`` / ``curves`` for plotting.
+    """
+    mm = metric_masker or masker
+    rows = []
+    for name, m in methods.items():
+        try:
+            method = m() if callable(m) and not hasattr(m, "attribute") else m
+            rec = explain_all(method, masker, x, target, batch_size)
+        except Exception as exc:  # noqa: BLE001 - one broken method must not sink the comparison
+            if log:
+                log(f"method {name} failed: {type(exc).__name__}: {exc}")
+            rows.append({"method": name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        q = score_all(blackbox, mm, x, rec["scores"], target, **dict(metric_kwargs or {}))
+        row = {"method": name, **{k: v for k, v in rec.items() if k != "scores"}}
+        row.update({k: float(q[k].mean()) for k in QUALITY_KEYS})
+        row.update({f"{k}_sem": float(q[k].std() / max(1, len(q[k])) ** 0.5) if len(q[k]) > 1 else 0.0
+                    for k in ("deletion_auc", "insertion_auc")})
+        row["scores"] = rec["scores"]
+        row["curves"] = {"deletion": q["deletion_curve"].mean(0), "insertion": q["insertion_curve"].mean(0)}
+        rows.append(row)
+        if log:
+            log(f"{name}: {row['sec_per_expl'] * 1e3:.2f} ms/expl, {row['queries_per_expl']:.0f} queries/expl, "
+                f"deletion {row['deletion_auc']:.4f}, insertion {row['insertion_auc']:.4f}")
+    return rows
+
+
+# --------------------------------------------------------------------------- reporting
+def json_rows(rows: Iterable[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("scores", "curves")} for r in rows]
+
+
+def add_ratios(rows: list[dict], reference: str = "kernel_shap") -> list[dict]:
+    """Add ``*_vs_ref`` ratios relative to the ``reference`` row (throughput = ref time / time)."""
+    ref = next((r for r in rows if r["method"] == reference and "error" not in r), None)
+    for r in rows:
+        if ref is None or "error" in r:
+            continue
+
+        def ratio(a: float, b: float) -> float | None:
+            return a / b if b else None
+
+        r["speedup_vs_ref"] = ratio(ref["sec_per_expl"], r["sec_per_expl"])
+        r["queries_vs_ref"] = ratio(r["queries_per_expl"], ref["queries_per_expl"])
+        r["mem_vs_ref"] = ratio(r["peak_mem_mib"], ref["peak_mem_mib"])
+        r["deletion_vs_ref"] = ratio(r["deletion_auc"], ref["deletion_auc"])
+        r["insertion_vs_ref"] = ratio(r["insertion_auc"], ref["insertion_auc"])
+    return rows
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def markdown_table(rows: list[dict], reference: str = "kernel_shap") -> str:
+    """Markdown table of cost and quality (ratios relative to ``reference`` where present)."""
+    head = ("| method | ms/expl | queries/expl | peak MiB | deletion AUC (lower better) | insertion AUC | AOPC "
+            "| comprehensiveness | sufficiency | faithfulness corr | speedup vs {r} | queries vs {r} | mem vs {r} "
+            "| deletion vs {r} | insertion vs {r} |").format(r=reference)
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | failed: {r['error'][:80]} |" + " |" * (head.count("|") - 3))
+            continue
+        lines.append(
+            f"| {r['method']} | {r['sec_per_expl'] * 1e3:.3g} | {r['queries_per_expl']:.0f} | {r['peak_mem_mib']:.1f} "
+            f"| {r['deletion_auc']:.4f} | {r['insertion_auc']:.4f} | {r['aopc']:.4f} | {r['comprehensiveness']:.4f} "
+            f"| {r['sufficiency']:.4f} | {r['faithfulness_corr']:.3f} | {_fmt(r.get('speedup_vs_ref'), '.3g')}x "
+            f"| {_fmt(r.get('queries_vs_ref'), '.3g')} | {_fmt(r.get('mem_vs_ref'), '.3g')} "
+            f"| {_fmt(r.get('deletion_vs_ref'), '.3f')} | {_fmt(r.get('insertion_vs_ref'), '.3f')} |")
+    return "\n".join(lines)

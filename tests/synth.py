@@ -1,0 +1,85 @@
+"""Synthetic targets and data with known answers (used by the evaluation tests and configs).
+
+``LinearPatchTarget``: logits = [0, sum_f w_f * mean(patch f)] over a 7x7 patch grid of
+28x28 images, so with a zeros substrate the class-1 logit is linear in the presence vector.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fex.maskers.image import grid_feature_mask
+
+
+class LinearPatchTarget(nn.Module):
+    def __init__(self, grid: int = 7, size: int = 28, weights: list[float] | None = None, scale: float = 1.0) -> None:
+        super().__init__()
+        f = grid * grid
+        w = torch.linspace(-1, 2, f) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        self.register_buffer("fmask", grid_feature_mask(size, size, (grid, grid)).flatten())
+        self.register_buffer("w", w * scale)
+        self.f = f
+
+    def patch_means(self, x: torch.Tensor) -> torch.Tensor:
+        onehot = nn.functional.one_hot(self.fmask, self.f).to(x.dtype)
+        return x.flatten(1) @ onehot / onehot.sum(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.patch_means(x) @ self.w
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
+class RandomImages(Dataset):
+    """(x [1, 28, 28] in [0, 1], label, index), deterministic per index."""
+
+    def __init__(self, n: int = 64, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.rand(n, 1, 28, 28, generator=g)
+        self.y = torch.zeros(n, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i], i
+
+
+class RandomImagesData:
+    """Minimal datamodule-like object: ``<split>_dataloader()``."""
+
+    def __init__(self, n: int = 64, batch_size: int = 8, seed: int = 0) -> None:
+        self.ds = RandomImages(n, seed)
+        self.batch_size = batch_size
+
+    def prepare_data(self) -> None: ...
+
+    def setup(self, stage: str | None = None) -> None: ...
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.ds, batch_size=self.batch_size)
+
+    val_dataloader = predict_dataloader = test_dataloader
+
+
+def make_checkpoint(path, blackbox, num_classes: int = 2, grid: int = 7, seed: int = 0) -> str:
+    """A freshly initialised explainer saved as an fex checkpoint (configs + fingerprint inside)."""
+    from hydra.utils import instantiate
+
+    from fex.module import CKPT_KEY, CKPT_VERSION, ExplainerModule
+
+    torch.manual_seed(seed)
+    config = {
+        "masker": {"_target_": "fex.maskers.image.PatchMasker", "grid": [grid, grid], "input_shape": [1, 28, 28]},
+        "policy": {"_target_": "fex.policy.Policy", "num_classes": num_classes, "hidden": 16,
+                   "backbone": {"_target_": "fex.policy.ConvBackbone", "in_channels": 1, "width": 8, "depth": 1,
+                                "out_dim": 16}},
+        "objective": {},
+    }
+    policy = instantiate({k: v for k, v in config["policy"].items() if k != "backbone"},
+                         backbone=instantiate(config["policy"]["backbone"]))
+    module = ExplainerModule(policy=policy, masker=instantiate(config["masker"]), blackbox=blackbox, config=config)
+    ckpt = {"state_dict": module.state_dict(),
+            CKPT_KEY: {"version": CKPT_VERSION, "config": config, "target": blackbox.fingerprint()}}
+    torch.save(ckpt, path)
+    return str(path)
