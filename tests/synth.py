@@ -13,8 +13,10 @@ from fex.maskers.image import grid_feature_mask
 
 
 class LinearPatchTarget(nn.Module):
-    def __init__(self, grid: int = 7, size: int = 28, weights: list[float] | None = None, scale: float = 1.0) -> None:
+    def __init__(self, grid: int = 7, size: int = 28, weights: list[float] | None = None, scale: float = 1.0,
+                 delay: float = 0.0) -> None:
         super().__init__()
+        self.delay = float(delay)  # seconds per call: makes a run slow enough to interrupt
         f = grid * grid
         w = torch.linspace(-1, 2, f) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
         self.register_buffer("fmask", grid_feature_mask(size, size, (grid, grid)).flatten())
@@ -26,6 +28,10 @@ class LinearPatchTarget(nn.Module):
         return x.flatten(1) @ onehot / onehot.sum(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.delay:
+            import time
+
+            time.sleep(self.delay)
         z = self.patch_means(x) @ self.w
         return torch.stack([torch.zeros_like(z), z], 1)
 
@@ -48,8 +54,10 @@ class RandomImages(Dataset):
 class RandomImagesData:
     """Minimal datamodule-like object: ``<split>_dataloader()``."""
 
-    def __init__(self, n: int = 64, batch_size: int = 8, seed: int = 0) -> None:
+    def __init__(self, n: int = 64, batch_size: int = 8, seed: int = 0, size: int = 28) -> None:
         self.ds = RandomImages(n, seed)
+        if size != 28:
+            self.ds.x = torch.rand(n, 1, size, size)
         self.batch_size = batch_size
 
     def prepare_data(self) -> None: ...
