@@ -5,9 +5,13 @@
     attributions = explainer.attribute(images)          # input shape, one forward pass
     scores = explainer.feature_scores(images)           # [B, F]
 """
-from fex.blackbox import BlackBox
-from fex.errors import CheckpointError, DataError, FexError, InputError, TargetError, TargetMismatchError
-from fex.module import ExplainerModule
+from fex.compat import patch_torchvision_ops
+
+patch_torchvision_ops()  # before anything imports pytorch_lightning -> torchmetrics -> torchvision
+
+from fex.blackbox import BlackBox  # noqa: E402
+from fex.errors import CheckpointError  # noqa: E402, DataError, FexError, InputError, TargetError, TargetMismatchError
+from fex.module import ExplainerModule  # noqa: E402
 
 load_explainer = ExplainerModule.from_checkpoint
 

@@ -15,14 +15,19 @@ class ConvBackbone(nn.Module):
 
     ``depth`` stride-2 stages build context; their output is upsampled back to full
     resolution, added to a full-resolution stem, and a global vector is broadcast in,
-    so every pixel embedding sees the whole image. Works for any H, W.
+    so every pixel embedding sees the whole image. With ``coords`` two channels of
+    normalised (y, x) coordinates are appended (CoordConv): convolutions alone are
+    translation-equivariant and cannot tell two look-alike patches apart by position.
+    Works for any H, W.
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 32, depth: int = 2, out_dim: int = 64) -> None:
+    def __init__(self, in_channels: int = 1, width: int = 32, depth: int = 2, out_dim: int = 64,
+                 coords: bool = True) -> None:
         super().__init__()
         self.in_channels = int(in_channels)
         self.out_dim = int(out_dim)
-        self.stem = _block(in_channels, width)
+        self.coords = bool(coords)
+        self.stem = _block(in_channels + 2 * self.coords, width)
         downs, c = [], width
         for i in range(depth):
             downs.append(_block(c, width * 2 ** (i + 1), stride=2))
@@ -34,6 +39,11 @@ class ConvBackbone(nn.Module):
         self.mix = _block(out_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.coords:
+            b, _, h, w = x.shape
+            yy = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(b, 1, h, w)
+            xx = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(b, 1, h, w)
+            x = torch.cat([x, yy, xx], dim=1)
         local = self.stem(x)
         h = local
         for down in self.downs:
