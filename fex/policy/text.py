@@ -1,0 +1,127 @@
+"""Text backbones: token embeddings [B, L, D] that the word masker pools per word.
+
+* :class:`TextEncoderBackbone` - a pretrained transformer encoder (default: the bundled
+  all-MiniLM-L6-v2), frozen or with its last ``train_last_n_layers`` layers fine-tuned, plus a
+  small trainable adapter. Frozen encoder weights are left out of the policy's state_dict
+  (they are reloaded from ``path``), so explainer checkpoints stay small.
+* :class:`WordEmbeddingBackbone` - a tiny embedding + bidirectional GRU over the same token ids,
+  for fast tests and small problems.
+
+Both read the text batch dict of :func:`fex.maskers.text.encode_texts` (``input_ids``,
+``attention_mask``) and return (token features [B, L, D], pooled [B, D]).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+
+def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+class TextEncoderBackbone(nn.Module):
+    """Pretrained transformer encoder -> (token features [B, L, D], mean-pooled [B, D]).
+
+    Args:
+        path: model dir or hub name; ``null``/``minilm`` = the bundled all-MiniLM-L6-v2.
+        freeze: freeze the encoder (then ``train_last_n_layers`` of its top layers are unfrozen).
+        train_last_n_layers: top encoder layers to fine-tune when ``freeze`` is true.
+        out_dim: width of the trainable adapter on top (``null`` = the encoder's hidden size).
+    """
+
+    def __init__(self, path: str | None = None, freeze: bool = True, train_last_n_layers: int = 0,
+                 out_dim: int | None = 256) -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        from fex.maskers.text import resolve_model_path
+
+        p = resolve_model_path(path)
+        if os.path.isdir(p):
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.path = path
+        self.encoder = AutoModel.from_pretrained(p)
+        hidden = int(self.encoder.config.hidden_size)
+        self.out_dim = int(out_dim or hidden)
+        self.freeze = bool(freeze)
+        self.train_last_n_layers = int(train_last_n_layers)
+        if self.freeze:
+            for q in self.encoder.parameters():
+                q.requires_grad_(False)
+            if self.train_last_n_layers > 0:
+                layers = self.encoder.encoder.layer
+                for layer in layers[len(layers) - self.train_last_n_layers:]:
+                    for q in layer.parameters():
+                        q.requires_grad_(True)
+        self._frozen = {n for n, q in self.encoder.named_parameters() if not q.requires_grad}
+        self.adapter = nn.Sequential(nn.Linear(hidden, self.out_dim), nn.GELU(), nn.LayerNorm(self.out_dim))
+        self.global_proj = nn.Linear(hidden, self.out_dim)
+
+    @property
+    def fully_frozen(self) -> bool:
+        return self.freeze and self.train_last_n_layers == 0
+
+    def train(self, mode: bool = True) -> "TextEncoderBackbone":
+        super().train(mode)
+        if self.fully_frozen:
+            self.encoder.eval()  # no dropout in a frozen feature extractor
+        return self
+
+    def forward(self, x: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, am = x["input_ids"], x["attention_mask"]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.fully_frozen):
+            h = self.encoder(input_ids=ids, attention_mask=am).last_hidden_state  # [B, L, H]
+        return self.adapter(h), self.global_proj(_masked_mean(h, am))
+
+    # frozen encoder weights are reloaded from `path`, not stored
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        out = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for n in self._frozen:
+            out.pop(f"{prefix}encoder.{n}", None)
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        for n, q in self.encoder.named_parameters():
+            if n in self._frozen:
+                state_dict.setdefault(f"{prefix}encoder.{n}", q.detach())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
+class WordEmbeddingBackbone(nn.Module):
+    """Token embedding + a small 1-D convolution over neighbours + the sentence mean
+    -> (token features [B, L, D], pooled [B, D]). Padding is zeroed, so results do not depend
+    on how much padding a batch has.
+
+    Args:
+        vocab_size: embedding rows; ``null`` = the size of ``tokenizer``'s vocabulary.
+        tokenizer: tokenizer path for ``vocab_size`` (``null`` = bundled MiniLM).
+        dim: embedding and output width D.
+        kernel: convolution width (odd).
+    """
+
+    def __init__(self, vocab_size: int | None = None, tokenizer: str | None = None, dim: int = 64,
+                 kernel: int = 3) -> None:
+        super().__init__()
+        if vocab_size is None:
+            from fex.maskers.text import load_tokenizer
+
+            vocab_size = len(load_tokenizer(tokenizer))
+        self.out_dim = int(dim)
+        self.embed = nn.Embedding(int(vocab_size), dim)
+        self.conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2)
+        self.mix = nn.Linear(3 * dim, dim)
+
+    def forward(self, x: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, am = x["input_ids"], x["attention_mask"]
+        m = am.unsqueeze(-1).to(self.embed.weight.dtype)
+        e = self.embed(ids) * m  # [B, L, D]
+        ctx = torch.relu(self.conv(e.transpose(1, 2))).transpose(1, 2) * m
+        g = _masked_mean(e, am)  # [B, D]
+        h = torch.relu(self.mix(torch.cat([e, ctx, g.unsqueeze(1).expand_as(e)], -1))) * m
+        return h, _masked_mean(h, am)

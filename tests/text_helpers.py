@@ -1,0 +1,32 @@
+"""Shared synthetic text fixtures: a planted-word black box and short sentences."""
+from __future__ import annotations
+
+import random
+
+import torch
+
+FILLER = ("the movie plot was long and the acting felt quite flat but some scenes had a certain charm "
+          "while music came from an old film about people in a small town").split()
+
+
+def planted_word_blackbox(word: str = "great", p: float = 0.95):
+    """list[str] -> probs [N, 2]: class 1 with prob ``p`` iff ``word`` is one of the words."""
+    def predict(texts):
+        hit = torch.tensor([word in t.split() for t in texts], dtype=torch.float32)
+        p1 = hit * p + (1 - hit) * (1 - p)
+        return torch.stack([1 - p1, p1], 1)
+    from fex.targets.text import TextCallable
+
+    return TextCallable(predict)
+
+
+def synthetic_sentences(n: int, seed: int = 0, word: str = "great", frac_planted: float = 1.0,
+                        min_len: int = 4, max_len: int = 12) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = [rng.choice(FILLER) for _ in range(rng.randint(min_len, max_len))]
+        if rng.random() < frac_planted:
+            words.insert(rng.randint(0, len(words)), word)
+        out.append(" ".join(words))
+    return out
