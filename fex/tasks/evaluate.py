@@ -28,7 +28,7 @@ from fex import compare, viz
 from fex import metrics as M
 from fex.baselines import Fex
 from fex.errors import DataError, FexError
-from fex.module import ExplainerModule
+from fex.module import ExplainerModule, load_checkpoint_dict
 from fex.tasks.common import build_blackbox, build_data, to_dict
 from fex.writer import AttributionWriter, RankSplitSampler, clean_tmp, finished_indices, read_shards
 
@@ -179,6 +179,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     pl.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    load_checkpoint_dict(os.path.expanduser(str(cfg.checkpoint)))  # fail fast, before building the target
     blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
     explainer = ExplainerModule.from_checkpoint(os.path.expanduser(str(cfg.checkpoint)), target=blackbox,
                                                 allow_target_mismatch=bool(cfg.allow_target_mismatch))

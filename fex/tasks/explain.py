@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from fex.errors import DataError, FexError
-from fex.module import ExplainerModule
+from fex.module import ExplainerModule, load_checkpoint_dict
 from fex.plotting import heatmap_grid
 from fex.tasks.common import build_blackbox
 from fex.tasks.evaluate import write_json
@@ -128,6 +128,7 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
     if not src.exists():
         raise DataError(f"input not found: {src}")
     out = Path(os.path.expanduser(str(cfg.output_dir)))
+    load_checkpoint_dict(os.path.expanduser(str(cfg.checkpoint)))  # fail fast, before building the target
     blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
     explainer = ExplainerModule.from_checkpoint(os.path.expanduser(str(cfg.checkpoint)), target=blackbox,
                                                 allow_target_mismatch=bool(cfg.allow_target_mismatch))
