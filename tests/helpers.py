@@ -66,3 +66,8 @@ def fit(module: ExplainerModule, x: torch.Tensor, steps: int, batch_size: int = 
 
 def planted_blackbox() -> BlackBox:
     return BlackBox(PlantedPatches(), output="logits", num_classes=2, name="tests.PlantedPatches")
+
+
+def planted_callable(x: torch.Tensor) -> torch.Tensor:
+    """The planted-patches black box as a plain function (for target=callable)."""
+    return PlantedPatches()(x)

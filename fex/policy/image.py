@@ -21,7 +21,7 @@ class ConvBackbone(nn.Module):
     Works for any H, W.
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 32, depth: int = 2, out_dim: int = 64,
+    def __init__(self, in_channels: int = 1, width: int = 16, depth: int = 2, out_dim: int = 32,
                  coords: bool = True) -> None:
         super().__init__()
         self.in_channels = int(in_channels)
@@ -36,7 +36,7 @@ class ConvBackbone(nn.Module):
         self.proj_local = nn.Conv2d(width, out_dim, 1)
         self.proj_ctx = nn.Conv2d(c, out_dim, 1)
         self.proj_global = nn.Linear(c, out_dim)
-        self.mix = _block(out_dim, out_dim)
+        self.mix = nn.Sequential(nn.ReLU(), nn.Conv2d(out_dim, out_dim, 1))  # per-pixel: cheap at full res
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.coords:

