@@ -30,3 +30,10 @@ def synthetic_sentences(n: int, seed: int = 0, word: str = "great", frac_planted
             words.insert(rng.randint(0, len(words)), word)
         out.append(" ".join(words))
     return out
+
+
+def planted_great(texts):
+    """Module-level planted-word target for configs (target=text_callable target.model.path=...)."""
+    hit = torch.tensor([("great" in t.split()) or ("good" in t.split()) for t in texts], dtype=torch.float32)
+    p1 = hit * 0.95 + (1 - hit) * 0.05
+    return torch.stack([1 - p1, p1], 1)

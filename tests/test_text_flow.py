@@ -1,0 +1,58 @@
+"""The text preset through the real train task (shrunk), checkpoints, and the policy backbones."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tests.conftest import FAST, compose
+
+TEXT_FAST = ["experiment=text_rt", "target=text_callable", "target.model.path=tests.text_helpers.planted_great",
+             "target.output=probs", "trainer.val_check_interval=1.0", "data.batch_size=16"]
+
+
+@pytest.mark.parametrize("policy", ["text_encoder", "word_embedding"])
+def test_text_preset_trains_saves_and_reloads(tmp_path, policy):
+    from fex.module import ExplainerModule
+    from fex.tasks.train import train
+
+    cfg = compose("train", TEXT_FAST + FAST + [f"policy={policy}"], output_dir=tmp_path)
+    metrics, objects = train(cfg)
+    ckpt = metrics["checkpoint"]
+    assert os.path.isfile(ckpt)
+    if policy == "text_encoder":  # the frozen MiniLM is reloaded from its path, not stored
+        assert os.path.getsize(ckpt) < 5 * 2**20
+    dm, bb = objects["datamodule"], objects["blackbox"]
+    x = next(iter(dm.test_dataloader()))[0]
+    before = objects["module"].explain(x, target=1)["scores"]
+    again = ExplainerModule.from_checkpoint(ckpt, target=bb).explain(x, target=1)["scores"]
+    torch.testing.assert_close(before, again)
+    valid = again > 0
+    assert valid.tolist() == objects["module"].masker.valid(x).tolist()
+
+
+def test_every_text_option_composes(tmp_path):
+    from hydra.utils import instantiate
+
+    for over in (["masker.mode=drop"], ["policy=word_embedding"], ["target=hf_classifier", "target.model.path=x"]):
+        cfg = compose("train", ["experiment=text_rt"] + over, output_dir=tmp_path)
+        assert cfg.num_classes == 2 and cfg.policy.num_classes == 2
+        instantiate(cfg.masker)
+    cfg = compose("evaluate", ["data=rotten_tomatoes", "target=minilm_sentiment", "checkpoint=x",
+                               "method=[fex,kernel_shap,lime,feature_ablation,integrated_gradients_words]"],
+                  output_dir=tmp_path)
+    assert cfg.method.integrated_gradients._target_ == "fex.targets.text.WordIntegratedGradients"
+
+
+def test_frozen_encoder_state_dict_and_partial_finetune():
+    from fex.policy.text import TextEncoderBackbone
+
+    frozen = TextEncoderBackbone(freeze=True, out_dim=32)
+    keys = frozen.state_dict().keys()
+    assert not any(k.startswith("encoder.") for k in keys) and "adapter.0.weight" in keys
+    top = TextEncoderBackbone(freeze=True, train_last_n_layers=1, out_dim=32)
+    trainable = {n.split(".")[2] for n, p in top.encoder.named_parameters() if p.requires_grad and ".layer." in n}
+    assert trainable == {str(len(top.encoder.encoder.layer) - 1)}
+    assert any(k.startswith("encoder.encoder.layer.5.") for k in top.state_dict())
+    top.load_state_dict(top.state_dict())  # round trip with frozen weights filled from the model
