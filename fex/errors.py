@@ -25,5 +25,9 @@ class TargetMismatchError(CheckpointError):
     """The explainer was trained against a different target than the one supplied."""
 
 
+class ConfigError(FexError, ValueError):
+    """A config value or `_target_` that cannot be built."""
+
+
 class DataError(FexError):
     """A dataset could not be read, or the masker cannot handle it."""

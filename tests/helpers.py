@@ -71,3 +71,8 @@ def planted_blackbox() -> BlackBox:
 def planted_callable(x: torch.Tensor) -> torch.Tensor:
     """The planted-patches black box as a plain function (for target=callable)."""
     return PlantedPatches()(x)
+
+
+def wrong_shape_callable(x: torch.Tensor) -> torch.Tensor:
+    """A broken target: one score per input instead of [N, C]."""
+    return x.flatten(1).mean(1)

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fex.blackbox import BlackBox
-from fex.errors import FexError, TargetError
+from fex.errors import ConfigError, FexError, TargetError
 
 log = logging.getLogger("fex")
 
@@ -18,24 +18,36 @@ log = logging.getLogger("fex")
 DATA_META_KEYS = ("num_classes", "input_shape")
 
 
+def build(cfg: Any, what: str | None = None, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` with one-line errors: an fex error inside is re-raised as is,
+    anything else becomes ``ConfigError("cannot build <target>: <first line>")``."""
+    try:
+        return instantiate(cfg, **kwargs)
+    except FexError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        cause: BaseException = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+            if isinstance(cause, FexError):
+                raise cause from None
+        name = what or (cfg.get("_target_") if hasattr(cfg, "get") else None) or "object"
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise ConfigError(f"cannot build {name}: {first}") from exc
+
+
 def to_dict(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
 def build_data(data_cfg: DictConfig):
-    return instantiate({k: v for k, v in to_dict(data_cfg).items() if k not in DATA_META_KEYS})
+    return build({k: v for k, v in to_dict(data_cfg).items() if k not in DATA_META_KEYS})
 
 
 def build_blackbox(target_cfg: DictConfig, num_classes: int | None = None) -> BlackBox:
     """cfg.target -> BlackBox. ``model`` is instantiated (nn.Module or callable); ``weights`` optional."""
     tcfg = to_dict(target_cfg)
-    try:
-        model = instantiate(tcfg["model"])
-    except FexError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - one line naming the problem
-        cause = exc.__cause__ or exc
-        raise TargetError(f"cannot build target {tcfg['model'].get('_target_')}: {type(cause).__name__}: {cause}") from exc
+    model = build(tcfg["model"], what=f"target {tcfg['model'].get('_target_')}")
     weights = tcfg.get("weights")
     if weights:
         if not isinstance(model, torch.nn.Module):
@@ -53,4 +65,4 @@ def instantiate_list(cfg: Any) -> list:
     if cfg is None:
         return []
     items = cfg.values() if isinstance(cfg, (dict, DictConfig)) else cfg
-    return [instantiate(c) for c in items if c is not None and "_target_" in c]
+    return [build(c) for c in items if c is not None and "_target_" in c]

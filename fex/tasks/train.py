@@ -9,12 +9,11 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fex.module import ExplainerModule
 from fex.plotting import heatmap_grid
-from fex.tasks.common import build_blackbox, build_data, instantiate_list, log, to_dict
+from fex.tasks.common import build, build_blackbox, build_data, instantiate_list, to_dict
 
 
 def build_explainer(cfg: DictConfig, datamodule: Any, blackbox) -> ExplainerModule:
@@ -22,14 +21,14 @@ def build_explainer(cfg: DictConfig, datamodule: Any, blackbox) -> ExplainerModu
     masker_cfg = to_dict(cfg.masker)
     if masker_cfg.get("baseline") == "mean" and masker_cfg.get("fill") is None:
         masker_cfg["fill"] = datamodule.channel_mean()  # resolved value is saved, so loading reproduces it
-    masker = instantiate(masker_cfg)
+    masker = build(masker_cfg)
     policy_cfg = to_dict(cfg.policy)
-    policy = instantiate(policy_cfg)
+    policy = build(policy_cfg)
     objective_cfg = {k: v for k, v in to_dict(cfg.objective).items() if k != "_target_"}
-    objective = instantiate(cfg.objective)
+    objective = build(cfg.objective)
     config = {"masker": masker_cfg, "policy": policy_cfg, "objective": objective_cfg,
               "data": to_dict(cfg.data), "target": to_dict(cfg.target), "num_classes": int(cfg.num_classes)}
-    return ExplainerModule(policy=policy, masker=masker, objective=objective, optimizer=instantiate(cfg.optimizer),
+    return ExplainerModule(policy=policy, masker=masker, objective=objective, optimizer=build(cfg.optimizer),
                            blackbox=blackbox, config=config, val_auc_examples=cfg.get("val_auc_examples", 64))
 
 
@@ -41,7 +40,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     datamodule = build_data(cfg.data)
     blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
     module = build_explainer(cfg, datamodule, blackbox)
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=instantiate_list(cfg.get("logger")) or False,
+    trainer: pl.Trainer = build(cfg.trainer, logger=instantiate_list(cfg.get("logger")) or False,
                                       callbacks=instantiate_list(cfg.get("callbacks")))
     trainer.fit(module, datamodule=datamodule)
 

@@ -1,0 +1,61 @@
+"""The entry shims as a user runs them: sweeps, wandb offline, 2-process DDP, one-line errors."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, ROOT
+
+
+def run(args, tmp_path, env_extra=None, timeout=600):
+    env = {**os.environ, "FEX_OUTPUT": str(tmp_path), "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", **(env_extra or {})}
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_multirun_sweep_over_num_samples(tmp_path):
+    res = run(["-m", "objective.num_samples=3,5", *FAST], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    ckpts = sorted(tmp_path.glob("multirun/*/*/explainer.ckpt"))
+    assert len(ckpts) == 2
+    import torch
+
+    ks = sorted(torch.load(c, weights_only=True)["fex"]["config"]["objective"]["num_samples"] for c in ckpts)
+    assert ks == [3, 5]
+
+
+@pytest.mark.slow
+def test_wandb_logger_offline_without_account(tmp_path):
+    pytest.importorskip("wandb")
+    res = run(["logger=wandb", *[o for o in FAST if not o.startswith("logger")], "hydra.run.dir=" + str(tmp_path / "run")],
+              tmp_path, {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert list((tmp_path / "run").glob("**/offline-run-*")), "no offline wandb run written"
+    assert (tmp_path / "run" / "logs").is_dir()  # the CSV logger runs beside it
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tmp_path):
+    res = run(["trainer=ddp", *FAST, "hydra.run.dir=" + str(tmp_path / "run")], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "run" / "explainer.ckpt").is_file()
+    assert "fex: explainer" in res.stdout and res.stdout.count("fex: explainer") == 1  # rank 0 reports once
+    assert "world_size=2" in res.stderr or "distributed_backend=gloo" in res.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["target=callable", "target.model.path=helpers.no_such_function"], "error: cannot build target"),
+    (["target=callable", "target.model.path=helpers.wrong_shape_callable", "data.limit=32"],
+     "error: target returned shape"),
+    (["masker.grid=[40,40]"], "error: patch grid 40x40 does not fit a 28x28 image"),
+])
+def test_bad_input_exits_with_one_line_error(tmp_path, args, message):
+    res = run([*args, *FAST], tmp_path, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(message), last
+    assert "Traceback" not in res.stderr
+    assert not list(Path(tmp_path).glob("**/explainer.ckpt"))  # nothing half-written
