@@ -1,10 +1,13 @@
 """Train an FEX explainer: `python train.py [group=option] [key=value]` (Hydra). See README."""
+import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from fex.errors import FexError
+
+os.environ.setdefault("WANDB_MODE", "offline")  # never reach for the network unless asked
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
