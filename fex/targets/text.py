@@ -260,13 +260,14 @@ def integrated_gradients_words(hf_model: Any, tokenizer: Any = None, x: Any = No
     dev = next(model.parameters()).device
     enc = tok(words, is_split_into_words=True, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     ids, am = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
-    extra = {k: v.to(dev) for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+    tt = enc["token_type_ids"].to(dev) if "token_type_ids" in enc else torch.zeros_like(ids)
     wid = torch.tensor([[-1 if v is None else v for v in enc.word_ids(i)] for i in range(len(words))], device=dev)
     fill = tok.mask_token_id if baseline == "mask" else tok.pad_token_id
     base_ids = torch.where(wid >= 0, torch.full_like(ids, fill), ids)
 
-    def forward(input_ids, attention_mask):
-        return model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits.softmax(-1)
+    def forward(input_ids, attention_mask, token_type_ids):
+        kw = {"token_type_ids": token_type_ids} if "token_type_ids" in enc else {}
+        return model(input_ids=input_ids, attention_mask=attention_mask, **kw).logits.softmax(-1)
 
     was_training = model.training
     model.eval()
@@ -274,12 +275,12 @@ def integrated_gradients_words(hf_model: Any, tokenizer: Any = None, x: Any = No
     try:
         if target is None:
             with torch.no_grad():
-                target = forward(ids, am).argmax(-1)
+                target = forward(ids, am, tt).argmax(-1)
         t = torch.as_tensor(target, device=dev).long().flatten()
         if t.numel() == 1:
             t = t.expand(len(words))
         lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
-        attr = lig.attribute(ids, baselines=base_ids, target=t.tolist(), additional_forward_args=(am,),
+        attr = lig.attribute(ids, baselines=base_ids, target=t.tolist(), additional_forward_args=(am, tt),
                              n_steps=n_steps, internal_batch_size=internal_batch_size)  # [B, L, D]
     finally:
         model.train(was_training)
