@@ -118,3 +118,20 @@ def print_terminal(words: Sequence[Sequence[str]], scores, predictions: Sequence
         if probabilities is not None:
             head += f" p={float(probabilities[i]):.3f}"
         print(f"{head}: {ansi_words(w, s, color)}", file=file)
+
+
+def explainer_report(explainer, texts: Sequence[str], path: str | os.PathLike, label_names: Sequence[str] | None = None,
+                     labels: Sequence[int] | None = None, title: str = "FEX word attributions") -> Path:
+    """Explain ``texts`` with a text explainer (black box attached) and write the HTML page:
+    words highlighted by the explainer's scores for the predicted class, with its probability."""
+    x = explainer.masker.encode(list(texts))
+    bb = explainer.blackbox
+    q0 = bb.queries
+    probs = bb(x)
+    bb.queries = q0
+    pred = probs.argmax(-1)
+    out = explainer.explain(x, target=pred)
+    names = list(label_names) if label_names is not None else [str(i) for i in range(probs.shape[1])]
+    return write_html(path, x["words"], out["scores"], predictions=[names[int(c)] for c in pred],
+                      probabilities=[float(probs[i, c]) for i, c in enumerate(pred.tolist())],
+                      labels=None if labels is None else [names[int(v)] for v in labels], title=title)

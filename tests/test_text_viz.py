@@ -28,3 +28,20 @@ def test_terminal_colours():
     buf = io.StringIO()
     print_terminal([["good", "film"]], [[0.8, 0.1]], predictions=["fresh"], probabilities=[0.9], file=buf)
     assert buf.getvalue() == "[0] fresh p=0.900: good[0.80] film[0.10]\n"  # not a TTY: no colour
+
+
+def test_explainer_report(tmp_path):
+    from fex import BlackBox, ExplainerModule
+    from fex.maskers.text import WordMasker
+    from fex.policy import Policy
+    from fex.policy.text import WordEmbeddingBackbone
+    from fex.textviz import explainer_report
+    from tests.text_helpers import planted_word_blackbox
+
+    torch.manual_seed(0)
+    module = ExplainerModule(Policy(WordEmbeddingBackbone(dim=8), 2, hidden=8), WordMasker(),
+                             blackbox=BlackBox(planted_word_blackbox(), output="probs"))
+    p = explainer_report(module, ["a great day", "a dull day"], tmp_path / "r.html", ["rotten", "fresh"], [1, 0])
+    page = p.read_text(encoding="utf-8")
+    assert "prediction <b>fresh</b> &middot; probability 0.950 &middot; label fresh" in page
+    assert "prediction <b>rotten</b> &middot; probability 0.950 &middot; label rotten" in page
