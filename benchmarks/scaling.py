@@ -194,12 +194,15 @@ def growth_table(grids: Sequence[dict]) -> str:
 
 def training_table(grids: Sequence[dict]) -> str:
     lines = ["| features | training queries | training s | val reward (best) | val deletion AUC (last) "
-             "| test deletion AUC (fex) | queries to 95% of reward gain | validations |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| best val deletion AUC (at queries) | test deletion AUC (fex) | queries to 95% of reward gain | validations |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for g in grids:
         fx = g["methods"].get("fex", {})
+        d = [p for p in g["curve"] if p["deletion_auc"] is not None]
+        best = min(d, key=lambda p: p["deletion_auc"]) if d else None
+        best_s = f"{best['deletion_auc']:.4f} ({best['train_queries']:.0f})" if best else "-"
         lines.append(f"| {g['features']} | {g['train_queries']:.0f} | {g['train_seconds']:.0f} | {_f(g['val_reward'], '.4f')} "
-                     f"| {_f(g['val_deletion_auc'], '.4f')} | {_f(fx.get('deletion_auc'), '.4f')} "
+                     f"| {_f(g['val_deletion_auc'], '.4f')} | {best_s} | {_f(fx.get('deletion_auc'), '.4f')} "
                      f"| {_f(queries_to_reach(g['curve'], 'reward'), '.0f')} | {len(g['curve'])} |")
     return "\n".join(lines)
 
@@ -227,9 +230,10 @@ def plot_time(grids: Sequence[dict], path: Path) -> Path:
             continue
         axes[0].plot(feats, [m["sec_per_expl"] * 1e3 for m in ok], "o-", label=name)
         axes[1].plot(feats, [max(m["queries_per_expl"], 0.5) for m in ok], "o-", label=name)
-    for ax, lab in zip(axes, ("ms per explanation", "black-box queries per explanation (0 drawn at 0.5)")):
+    for ax, lab in zip(axes, ("ms per explanation", "queries per explanation (fex: 0, drawn at 0.5)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_locator(plt.NullLocator())
         ax.set_xticks(feats)
         ax.set_xticklabels([str(f) for f in feats])
         ax.set_xlabel("number of features (patches)")
@@ -285,7 +289,9 @@ def plot_training_curve(grids: Sequence[dict], path: Path) -> Path:
         axes[0].plot(q, [p["reward"] for p in c], "o-", ms=3, label=f"{g['features']} features")
         d = [(p["train_queries"], p["deletion_auc"]) for p in c if p["deletion_auc"] is not None]
         axes[1].plot([a for a, _ in d], [b for _, b in d], "o-", ms=3, label=f"{g['features']} features")
-    for ax, lab in zip(axes, ("val/reward (higher better)", "val/deletion_auc, fixed val subset (lower better)")):
+    for ax, lab in zip(axes, ("val/reward (higher better; scale grows with F)",
+                              "val/deletion_auc, fixed val subset (lower better)")):
+        ax.xaxis.set_major_formatter(lambda v, _: f"{v / 1e3:.0f}k")
         ax.set_xlabel("black-box queries spent training")
         ax.set_ylabel(lab)
         ax.grid(True, alpha=0.3)
@@ -323,7 +329,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=str(ROOT / "outputs/scaling"))
     p.add_argument("--figures", default=None, help="where the PNGs go (default: <out>)")
     p.add_argument("--quick", action="store_true", help="tiny smoke settings (numbers are meaningless)")
+    p.add_argument("--from-json", default=None, help="re-render tables and figures of a saved run's scaling.json")
     a = p.parse_args(argv)
+    if a.from_json:
+        saved = json.loads(Path(a.from_json).read_text())
+        return render(saved["grids"], saved["header"], Path(a.out), Path(a.figures or a.out), saved.get("quick", False))
     if a.quick:
         a.grids, a.epochs, a.val_per_epoch, a.limit, a.n, a.batch_size = "2,4", 1, 2, 128, 4, 2
         a.steps, a.kernel_shap_samples, a.lime_samples, a.rise_masks, a.ig_steps = 4, 16, 16, 16, 4
@@ -344,12 +354,18 @@ def main(argv: list[str] | None = None) -> dict:
               f"KernelShap {a.kernel_shap_samples}, Lime {a.lime_samples}, RISE {a.rise_masks} masks, IG {a.ig_steps} "
               f"steps, FeatureAblation F+1. {bench_mnist.machine()}. Wall time {time.perf_counter() - t0:.0f}s."
               + (" QUICK MODE: smoke settings, numbers are not meaningful." if a.quick else ""))
+    return render(grids, header, out, figs, a.quick)
+
+
+def render(grids: Sequence[dict], header: str, out: Path, figs: Path, quick: bool) -> dict:
+    """Tables (printed, ``report.md``), figures and ``scaling.json`` from one run's per-grid records."""
+    out.mkdir(parents=True, exist_ok=True)
     text, be_rows = report(grids, header)
     files = {"time": str(plot_time(grids, figs / "scaling_time.png")),
              "break_even": str(plot_break_even(grids, be_rows, figs / "break_even.png")),
              "training_curve": str(plot_training_curve(grids, figs / "training_curve.png"))}
     (out / "report.md").write_text(text)
-    result = {"header": header, "grids": grids, "break_even": be_rows, "files": files, "quick": a.quick}
+    result = {"header": header, "grids": grids, "break_even": be_rows, "files": files, "quick": quick}
     (out / "scaling.json").write_text(json.dumps(result, indent=2, default=float))
     print(text, flush=True)
     return result
