@@ -18,11 +18,13 @@ class ConvBackbone(nn.Module):
     so every pixel embedding sees the whole image. With ``coords`` two channels of
     normalised (y, x) coordinates are appended (CoordConv): convolutions alone are
     translation-equivariant and cannot tell two look-alike patches apart by position.
-    Works for any H, W.
+    The global embedding pools the coarsest map to ``global_pool`` x ``global_pool`` cells and
+    flattens them (position-aware, like a classifier's FC head); ``global_pool=0`` is a plain
+    global average, which learns the class far more slowly. Works for any H, W.
     """
 
     def __init__(self, in_channels: int = 1, width: int = 16, depth: int = 2, out_dim: int = 32,
-                 coords: bool = True) -> None:
+                 coords: bool = True, global_pool: int = 0) -> None:
         super().__init__()
         self.in_channels = int(in_channels)
         self.out_dim = int(out_dim)
@@ -35,7 +37,8 @@ class ConvBackbone(nn.Module):
         self.downs = nn.ModuleList(downs)
         self.proj_local = nn.Conv2d(width, out_dim, 1)
         self.proj_ctx = nn.Conv2d(c, out_dim, 1)
-        self.proj_global = nn.Linear(c, out_dim)
+        self.global_pool = int(global_pool)
+        self.proj_global = nn.Linear(c * max(1, self.global_pool) ** 2, out_dim)
         self.mix = nn.Sequential(nn.ReLU(), nn.Conv2d(out_dim, out_dim, 1))  # per-pixel: cheap at full res
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +51,7 @@ class ConvBackbone(nn.Module):
         h = local
         for down in self.downs:
             h = down(h)
-        glob = h.mean((2, 3))  # [B, c]
+        glob = F_.adaptive_avg_pool2d(h, self.global_pool).flatten(1) if self.global_pool else h.mean((2, 3))
         ctx = F_.interpolate(self.proj_ctx(h), size=x.shape[-2:], mode="bilinear", align_corners=False)
         g = self.proj_global(glob)  # [B, D]
         pix = self.mix(self.proj_local(local) + ctx + g[:, :, None, None])
