@@ -224,8 +224,8 @@ def plot(runs: Sequence[dict], fits: dict, path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default=str(ROOT / "outputs/scaling/train_7x7/explainer.ckpt"),
-                   help="explainer to run (trained briefly on 7x7 patches if missing)")
+    p.add_argument("--checkpoint", default=None,
+                   help="explainer to run (default: the scaling run's 7x7 one; trained briefly if missing or --quick)")
     p.add_argument("--sizes", default="1000,5000,50000")
     p.add_argument("--devices", default="1,2", help="process counts (2: trainer.strategy=ddp on CPU)")
     p.add_argument("--batch-size", type=int, default=256, help="inputs per predict batch (= per shard)")
@@ -237,8 +237,9 @@ def main(argv: list[str] | None = None) -> dict:
         a.sizes, a.devices, a.batch_size = "64,160", "1", 32
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = Path(a.checkpoint)
-    if not ckpt.is_file():
+    default = ROOT / "outputs/scaling/train_7x7/explainer.ckpt"
+    ckpt = Path(a.checkpoint) if a.checkpoint else None if a.quick else default
+    if ckpt is None or not ckpt.is_file():
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from scaling import train_explainer
 
