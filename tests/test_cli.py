@@ -9,14 +9,14 @@ import pytest
 from conftest import FAST, ROOT
 
 
-def run(args, tmp_path, env_extra=None, timeout=600):
+def run(args, tmp_path, env_extra=None, timeout=1200):
     env = {**os.environ, "FEX_OUTPUT": str(tmp_path), "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", **(env_extra or {})}
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow
-def test_multirun_sweep_over_num_samples(tmp_path):
+def test_multirun_sweep_over_num_samples(tmp_path, mnist_target):  # fixture: target cached first
     res = run(["-m", "objective.num_samples=3,5", *FAST], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     ckpts = sorted(tmp_path.glob("multirun/*/*/explainer.ckpt"))
@@ -28,7 +28,7 @@ def test_multirun_sweep_over_num_samples(tmp_path):
 
 
 @pytest.mark.slow
-def test_wandb_logger_offline_without_account(tmp_path):
+def test_wandb_logger_offline_without_account(tmp_path, mnist_target):
     pytest.importorskip("wandb")
     res = run(["logger=wandb", *[o for o in FAST if not o.startswith("logger")], "hydra.run.dir=" + str(tmp_path / "run")],
               tmp_path, {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"})
@@ -38,7 +38,7 @@ def test_wandb_logger_offline_without_account(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_on_cpu(tmp_path):
+def test_ddp_two_processes_on_cpu(tmp_path, mnist_target):  # both ranks would otherwise train it
     res = run(["trainer=ddp", *FAST, "hydra.run.dir=" + str(tmp_path / "run")], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "run" / "explainer.ckpt").is_file()
@@ -52,7 +52,7 @@ def test_ddp_two_processes_on_cpu(tmp_path):
      "error: target returned shape"),
     (["masker.grid=[40,40]"], "error: patch grid 40x40 does not fit a 28x28 image"),
 ])
-def test_bad_input_exits_with_one_line_error(tmp_path, args, message):
+def test_bad_input_exits_with_one_line_error(tmp_path, mnist_target, args, message):
     res = run([*args, *FAST], tmp_path, timeout=300)
     assert res.returncode == 2, res.stderr[-2000:]
     last = res.stderr.strip().splitlines()[-1]
