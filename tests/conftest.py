@@ -9,7 +9,8 @@ import fex  # noqa: F401  (applies the torchvision compat shim before pytorch_li
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("FEX_CACHE", str(ROOT / ".cache" / "fex"))
+# the same cache the app uses: targets and datasets are trained/fetched once per machine, not per clone
+os.environ.setdefault("FEX_CACHE", os.path.expanduser(os.path.join("~", ".cache", "fex")))
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
