@@ -57,7 +57,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     if trainer.world_size > 1:
         trainer.strategy.barrier()
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    if best:
+    if best and trainer.checkpoint_callback.best_model_score is not None:
         metrics["val/reward"] = float(trainer.checkpoint_callback.best_model_score)
     metrics.update({"checkpoint": str(ckpt_path), "output_dir": str(out), "train/queries": module._train_queries,
                     "train/seconds": time.perf_counter() - t0})
@@ -87,6 +87,12 @@ def report(cfg: DictConfig, explainer: ExplainerModule, datamodule: Any, out: Pa
             titles = [f"y={int(y)} pred={int(p)}" for y, p in zip(test.y[:n], exp["target"])]
             res["gallery"] = str(heatmap_grid(x, [("FEX", exp["attributions"])], titles, out / "heatmaps.png"))
         bb.queries = q0
+    elif hasattr(test, "texts") and int(cfg.get("gallery_size", 12)) > 0:  # text: an HTML page of highlighted words
+        from fex.textviz import explainer_report
+
+        n = min(int(cfg.get("gallery_size", 12)), len(test))
+        res["gallery"] = str(explainer_report(explainer, list(test.texts[:n]), out / "words.html",
+                                              getattr(datamodule, "label_names", None), list(test.y[:n])))
     return res
 
 
