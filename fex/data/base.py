@@ -1,0 +1,44 @@
+"""Split plumbing shared by fex's datamodules: fixed splits by name, loaders yielding (x, y, index)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset
+
+from fex.errors import DataError
+
+
+class SplitDataModule(pl.LightningDataModule):
+    """Subclasses fill ``self._splits`` ({"train", "val", "test"} -> Dataset) in ``setup``.
+
+    ``collate`` (None: PyTorch's default) turns items into ``(x, y, index)`` batches;
+    predict runs over the test split.
+    """
+
+    batch_size: int = 64
+    num_workers: int = 0
+    collate: Callable[[list], Any] | None = None
+    _splits: dict[str, Dataset] | None = None
+
+    def dataset(self, split: str) -> Dataset:
+        self.setup()
+        if split not in self._splits:
+            raise DataError(f"unknown split {split!r}; choose from {sorted(self._splits)}")
+        return self._splits[split]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle, collate_fn=self.collate,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
