@@ -56,3 +56,23 @@ def test_frozen_encoder_state_dict_and_partial_finetune():
     assert trainable == {str(len(top.encoder.encoder.layer) - 1)}
     assert any(k.startswith("encoder.encoder.layer.5.") for k in top.state_dict())
     top.load_state_dict(top.state_dict())  # round trip with frozen weights filled from the model
+
+
+def test_explain_command_takes_a_sentence(tmp_path, capsys):
+    """fex-explain text="..." explains one sentence word by word (scores.json + terminal words)."""
+    import json
+
+    from fex.cli import explain_main
+    from fex.tasks.train import train
+
+    cfg = compose("train", TEXT_FAST + FAST + ["policy=word_embedding"], output_dir=tmp_path)
+    metrics, _ = train(cfg)
+    over = ["data=rotten_tomatoes", "target=text_callable", "target.model.path=tests.text_helpers.planted_great",
+            "target.output=probs", f"checkpoint={metrics['checkpoint']}", f"output_dir={tmp_path / 'out'}"]
+    assert explain_main(over + ["text=a truly great little film"]) == 0
+    got = json.loads((tmp_path / "out" / "scores.json").read_text())
+    rec = got["explained"][0]
+    assert rec["words"] == ["a", "truly", "great", "little", "film"] and len(rec["scores"]) == 5
+    assert "great" in capsys.readouterr().out
+    assert explain_main(over + ["text=   "]) == 2  # empty text: one-line error
+    assert capsys.readouterr().err.strip().startswith("error:")

@@ -90,14 +90,11 @@ def explain_images(explainer: ExplainerModule, files: list[Path], out: Path, bat
     return {"results": results, "skipped": skipped, "scores": scores_all}
 
 
-def explain_texts(explainer: ExplainerModule, path: Path, batch_size: int) -> dict:
+def explain_texts(explainer: ExplainerModule, texts: list[str], name: str, batch_size: int) -> dict:
+    """Explain texts (from a file, or one sentence given on the command line) word by word."""
     masker = explainer.masker
     if not hasattr(masker, "encode"):
-        raise DataError(f"{path.name} is text but this explainer's masker ({type(masker).__name__}) explains images")
-    try:
-        texts = read_texts(path)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from exc
+        raise DataError(f"{name} is text but this explainer's masker ({type(masker).__name__}) explains images")
     skipped: list[dict] = []
     results, scores_all = [], []
     for s in range(0, len(texts), batch_size):
@@ -107,7 +104,7 @@ def explain_texts(explainer: ExplainerModule, path: Path, batch_size: int) -> di
                 masker.encode([t])
                 good.append((j, t))
             except FexError as exc:
-                _report(skipped, f"{path.name}:{j + 1}", str(exc))
+                _report(skipped, f"{name}:{j + 1}", str(exc))
         if not good:
             continue
         x = masker.encode([t for _, t in good])
@@ -124,9 +121,10 @@ def explain_texts(explainer: ExplainerModule, path: Path, batch_size: int) -> di
 
 def explain(cfg: DictConfig) -> tuple[dict, dict]:
     """Returns (metrics, objects); metrics lists the outputs written."""
-    src = Path(os.path.expanduser(str(cfg.input)))
-    if not src.exists():
-        raise DataError(f"input not found: {src}")
+    sentence = cfg.get("text")
+    src = Path(os.path.expanduser(str(cfg.get("input") or "")))
+    if sentence is None and (not cfg.get("input") or not src.exists()):
+        raise DataError(f"input not found: {src}" if cfg.get("input") else "give input=<file or folder> or text=<sentence>")
     out = Path(os.path.expanduser(str(cfg.output_dir)))
     load_checkpoint_dict(os.path.expanduser(str(cfg.checkpoint)))  # fail fast, before building the target
     blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
@@ -134,19 +132,32 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
                                                 allow_target_mismatch=bool(cfg.allow_target_mismatch))
     out.mkdir(parents=True, exist_ok=True)
     bs = int(cfg.batch_size)
-    if src.is_dir():
+    if sentence is not None:
+        if hasattr(explainer.masker, "encode"):
+            explainer.masker.encode([str(sentence)])  # a bad sentence is the error itself, not a skipped row
+        res = explain_texts(explainer, [str(sentence)], "text", bs)
+    elif src.is_dir():
         files = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
             raise DataError(f"no files in {src}")
         res = explain_images(explainer, files, out, bs)
     elif src.suffix.lower() in TEXT_EXTS:
-        res = explain_texts(explainer, src, bs)
+        try:
+            texts = read_texts(src)
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"cannot read {src}: {exc}") from exc
+        res = explain_texts(explainer, texts, src.name, bs)
     elif src.suffix.lower() in IMAGE_EXTS:
         res = explain_images(explainer, [src], out, bs)
     else:
         raise DataError(f"{src}: expected a folder of images, an image, or a .txt/.csv file")
     if not res["results"]:
         raise DataError(f"nothing could be explained in {src} ({len(res['skipped'])} inputs skipped)")
+    if res["results"] and "words" in res["results"][0]:  # text: colored words in the terminal
+        from fex.textviz import print_terminal
+
+        print_terminal([r["words"] for r in res["results"]], [r["scores"] for r in res["results"]],
+                       [f"class {r['target']}" for r in res["results"]])
     npz = out / "scores.npz"
     tmp = out / ".scores.npz.tmp"
     keys = [str(r.get("file", r.get("line"))) for r in res["results"]]
@@ -154,7 +165,7 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
         np.savez(fh, names=np.asarray(keys), targets=np.asarray([r["target"] for r in res["results"]]),
                  **{f"scores_{i}": s for i, s in enumerate(res["scores"])})
     os.replace(tmp, npz)
-    js = write_json(out / "scores.json", {"checkpoint": str(cfg.checkpoint), "input": str(src),
+    js = write_json(out / "scores.json", {"checkpoint": str(cfg.checkpoint), "input": str(src) if sentence is None else "text",
                                           "explained": res["results"], "skipped": res["skipped"]})
     metrics = {"explained": len(res["results"]), "skipped": len(res["skipped"]), "json": str(js), "npz": str(npz),
                "output_dir": str(out)}
