@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -171,11 +171,3 @@ def fingerprints_match(saved: dict, current: dict) -> tuple[bool, str]:
     if saved.get("weights_sha256") is None and saved.get("name") != current.get("name"):
         return False, f"target differs (checkpoint {saved.get('name')}, given {current.get('name')})"
     return True, ""
-
-
-def as_blackbox(target: Any, **kwargs: Any) -> BlackBox:
-    return target if isinstance(target, BlackBox) else BlackBox(target, **kwargs)
-
-
-def chunked_indices(n: int, size: int) -> Sequence[tuple[int, int]]:
-    return [(s, min(s + size, n)) for s in range(0, n, size)]

@@ -10,7 +10,7 @@ class head to the target's softmax on the unmasked input.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F_
@@ -170,7 +170,6 @@ class FexObjective:
     critic_weight: float = 0.5
     entropy_weight: float = 1e-4
     kl_weight: float = 1.0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
