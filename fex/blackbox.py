@@ -6,9 +6,10 @@ optimizer, DDP's gradient sync or a checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -136,10 +137,42 @@ class BlackBox:
         n, self.queries = self.queries, 0
         return n
 
+    @contextlib.contextmanager
+    def counting(self) -> Iterator["QueryCount"]:
+        """``with bb.counting() as c: ...`` -> ``c.n`` queries made inside (they still count in ``queries``)."""
+        c = QueryCount()
+        start = self.queries
+        try:
+            yield c
+        finally:
+            c.n = self.queries - start
+
+    @contextlib.contextmanager
+    def uncounted(self) -> Iterator["QueryCount"]:
+        """Queries made inside (metrics, validation, bookkeeping) are not charged to ``queries``;
+        the yielded ``QueryCount`` still tells how many there were."""
+        c = QueryCount()
+        start = self.queries
+        try:
+            yield c
+        finally:
+            c.n = self.queries - start
+            self.queries = start
+
     # -------------------------------------------------------------- identity
     def fingerprint(self) -> dict:
         """Identity of the target: its name/config and a hash of its weights (if any)."""
         return {"name": self.name, "output": self.output, "config": self.config, "weights_sha256": weights_hash(self.model)}
+
+
+class QueryCount:
+    """How many black-box queries a ``with bb.counting()`` / ``bb.uncounted()`` block made (``n``)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __repr__(self) -> str:
+        return f"QueryCount(n={self.n})"
 
 
 def _qualname(obj: Any) -> str:
