@@ -205,3 +205,28 @@ def test_tda_exact_full_reproduces_reference(tmp_path):
                   tmp_path)
     metrics, _ = tda(cfg)
     assert metrics["tda/spearman_vs_exact_full"] > 0.999
+
+
+def _options(group):
+    from tests.conftest import ROOT
+
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("sampler", _options("tda_sampler"))
+@pytest.mark.parametrize("solver", _options("tda_solver"))
+def test_tda_config_options_compose_and_build(sampler, solver, tmp_path):
+    from hydra.utils import instantiate
+
+    extra = ["tda_solver.depth=20"] if solver == "lissa" else []
+    cfg = compose("tda", [f"tda_sampler={sampler}", f"tda_solver={solver}", *extra], tmp_path)
+    smp = instantiate(cfg.tda_sampler)
+    lm, x, y, _, _ = _problem(n=40)
+    idx, w = smp.sample(len(x), probs=lm.logits(lm.theta0, x).softmax(-1), features=x, seed=0)
+    sol = instantiate(cfg.tda_solver)(lm, x[idx], y[idx], w.double())
+    assert sol.solve(torch.ones(1, lm.dim, dtype=torch.double)).shape == (1, lm.dim)
+
+
+def test_tda_text_preset_composes(tmp_path):
+    cfg = compose("tda", ["tda_preset=text"], tmp_path)
+    assert cfg.data._target_.endswith("TextDataModule") and cfg.target.model._target_.endswith("minilm_sentiment")
