@@ -72,6 +72,9 @@ def portable(node: Any) -> Any:
 
 
 def class_names(datamodule: Any, num_classes: int) -> list[str]:
+    """The data's class names (``label_names`` / ``class_names``, read after ``setup``), else "0".."C-1"."""
+    if datamodule is not None and hasattr(datamodule, "label_names") and datamodule.label_names is None:
+        datamodule.setup()  # idempotent; text datamodules learn their label names here
     names = getattr(datamodule, "label_names", None) or getattr(datamodule, "class_names", None)
     names = [str(n) for n in names] if names else []
     return names if len(names) == num_classes else [str(i) for i in range(num_classes)]
