@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -51,10 +52,11 @@ class RandomImages(Dataset):
         return self.x[i], self.y[i], i
 
 
-class RandomImagesData:
-    """Minimal datamodule-like object: ``<split>_dataloader()``."""
+class RandomImagesData(pl.LightningDataModule):
+    """Minimal datamodule: the same images for every split (``<split>_dataloader()``)."""
 
     def __init__(self, n: int = 64, batch_size: int = 8, seed: int = 0, size: int = 28) -> None:
+        super().__init__()
         self.ds = RandomImages(n, seed)
         if size != 28:
             self.ds.x = torch.rand(n, 1, size, size)

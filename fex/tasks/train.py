@@ -1,6 +1,6 @@
 """train(cfg): target -> FEX explainer checkpoint, a gallery of explanations and a summary line.
 
-Resuming: every run keeps ``<output_dir>/checkpoints/last.ckpt`` (Lightning ``save_last``).
+Resuming: every run keeps ``<output_dir>/checkpoints/last.ckpt``, rewritten after every epoch.
 ``resume=true`` continues from the run's own last checkpoint or, for a new run directory,
 from the newest ``last.ckpt`` of the sibling runs (the same command rerun after a kill);
 ``resume=<path>`` from that file. Weights, optimizer, epoch/step and the training query
@@ -27,13 +27,11 @@ LAST = "last.ckpt"
 
 
 def checkpoint_callbacks(callbacks: list, out: Path) -> list:
-    """Make sure a checkpoint callback keeps ``last.ckpt`` (what ``resume`` reads)."""
-    ckpts = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
-    for c in ckpts:
-        c.save_last = True
-    if not ckpts:
-        callbacks.append(ModelCheckpoint(dirpath=str(out / "checkpoints"), save_top_k=0, save_last=True))
-    return callbacks
+    """Add the callback that keeps ``<out>/checkpoints/last.ckpt`` (what ``resume`` reads), rewritten at
+    the end of every epoch. (Lightning's ``save_last`` only writes when a top-k checkpoint improves.)"""
+    last = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename=Path(LAST).stem, monitor=None, save_top_k=1,
+                           enable_version_counter=False, save_on_train_epoch_end=True)
+    return [*callbacks, last]
 
 
 def resume_path(cfg: DictConfig, out: Path) -> str | None:
