@@ -74,3 +74,16 @@ def test_method_on_patch_features():
         s = m.attribute(torch.ones(2, 1, 6, 6), 1)
     assert c.n == 16
     torch.testing.assert_close(s, (W / 2).expand(2, 9), atol=1e-6, rtol=0)
+
+
+def test_word_masker_is_refused_with_a_pointer():
+    from fex.errors import InputError
+    from fex.maskers.text import WordMasker
+
+    class Strings(torch.nn.Module):
+        def forward(self, texts):
+            return torch.zeros(len(texts), 2)
+
+    masker = WordMasker()
+    with pytest.raises(InputError, match="integrated_gradients_words"):
+        PathSampledIG(BlackBox(Strings(), output="logits"), masker, n_steps=2).attribute(masker.encode(["a b"]), 1)

@@ -116,8 +116,12 @@ class PathSampledIG(Method):
 
         def g(z: torch.Tensor) -> torch.Tensor:  # presence [m, n] -> p(target) [m]
             m = torch.zeros(z.shape[0], f, dtype=z.dtype, device=dev).index_copy(1, idx_d, z)
+            inputs = self.masker.apply(x, m.unsqueeze(0))
+            if not isinstance(inputs, torch.Tensor) or not inputs.requires_grad:
+                raise InputError(f"psig needs a masker that is differentiable in its masks (image patches); "
+                                 f"{type(self.masker).__name__} is not (for text use integrated_gradients_words)")
             self.blackbox.queries += z.shape[0]
-            return self._probs(self.masker.apply(x, m.unsqueeze(0)))[:, target]
+            return self._probs(inputs)[:, target]
 
         z1 = torch.ones(n, device=dev)
         return path_sampled_ig(g, z1, torch.zeros_like(z1), self.n_steps, self.cdf, self.internal_batch_size)
