@@ -60,7 +60,7 @@ QUESTION = {
 }
 QUICK = ["method.kernel_shap.n_samples=40", "method.lime.n_samples=40", "method.shapley_sampling.n_samples=1",
          "method.integrated_gradients.n_steps=8", "method.psig.n_steps=8", "method.rise.n_masks=64",
-         "method.spex.budget=300", "method.proxyspex.budget=200",
+         "method.spex.budget=600", "method.proxyspex.budget=200",
          "+method.proxyspex.proxy_grid={max_depth:[3],max_iter:[100],learning_rate:[0.1]}"]
 
 

@@ -58,11 +58,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--top", type=int, default=3, help="top pairs checked for a negation")
     p.add_argument("--html", type=int, default=20, help="snippets shown in the HTML page")
     p.add_argument("--max-words", type=int, default=40, help="skip longer snippets")
-    p.add_argument("--quick", action="store_true", help="3 snippets, budget 300 (validation)")
+    p.add_argument("--quick", action="store_true", help="3 snippets, budget 700 (validation)")
     p.add_argument("--out", default=str(ROOT / "outputs/interactions_text"))
     a = p.parse_args(argv)
     if a.quick:
-        a.n, a.budget, a.html = 3, 300, 3
+        a.n, a.budget, a.html = 3, 700, 3
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("evaluate", ["data=rotten_tomatoes", "target=minilm_sentiment", "checkpoint=none", "method=[]"])
     bb = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))

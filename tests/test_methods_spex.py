@@ -105,3 +105,12 @@ def test_small_inputs_are_enumerated_exactly():
     phi = out["scores"][0]
     torch.testing.assert_close(phi[:5], torch.tensor([0.0, 0.15, 0.0, -0.05, 0.1]), atol=1e-6, rtol=0)
     assert (out["scores"][0, 5:] == 0).all()  # padding feature of the shorter text
+
+
+@pytest.mark.slow  # builds the BCH decoder (JIT, shared with the test above in one session)
+def test_too_small_a_budget_is_a_one_line_error(planted):
+    from fex.errors import InputError
+
+    bb, masker, x = planted
+    with pytest.raises(InputError, match="too small for 16 features"):
+        SpexInteractions(bb, masker, budget=100, max_order=2).attribute(x, 1)

@@ -116,8 +116,15 @@ class SpexInteractions(Method):
             return convert(moebius_transform=moebius_transform)
 
         approx._process_moebius = keep
-        with np.errstate(divide="ignore", invalid="ignore"):  # the peeling decoder divides by empty bins
-            approx.approximate(self.budget, game)
+        try:
+            with np.errstate(divide="ignore", invalid="ignore"):  # the peeling decoder divides by empty bins
+                approx.approximate(self.budget, game)
+        except ValueError as exc:
+            if "Insufficient budget" not in str(exc):
+                raise
+            raise InputError(f"spex budget {self.budget} is too small for {n} features (SPEX's sampling design needs "
+                             "more; about 320 at 49 features, 870 for its default degree 5): raise the budget or use "
+                             "proxyspex") from None
         return {tuple(int(i) for i in k): float(v) for k, v in captured.items()}, self.algorithm
 
     def _index_values(self, moebius: dict, n: int) -> dict[tuple[int, ...], float]:
