@@ -36,7 +36,7 @@ def train_app(cfg: DictConfig) -> float:
     from fex.tasks.train import train
 
     metrics, _ = _run(train, cfg)
-    return metrics.get("val/reward", float("nan"))
+    return metrics.get("best/val/faithfulness", metrics.get("val/faithfulness", float("nan")))  # sweeper objective
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="evaluate")
