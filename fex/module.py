@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 
 from fex import objective as obj
-from fex.blackbox import BlackBox, fingerprints_match
+from fex.blackbox import BlackBox, check_num_classes, fingerprints_match
 from fex.errors import CheckpointError, InputError, TargetMismatchError
 from fex.maskers.base import Masker
 from fex.metrics import deletion_auc
@@ -63,6 +63,7 @@ class ExplainerModule(pl.LightningModule):
     def attach(self, blackbox: BlackBox) -> "ExplainerModule":
         if not isinstance(blackbox, BlackBox):
             blackbox = BlackBox(blackbox)
+        check_num_classes(blackbox, int(self.policy.num_classes))  # every path, allow_target_mismatch or not
         self.blackbox = blackbox
         return self
 
@@ -243,6 +244,8 @@ class ExplainerModule(pl.LightningModule):
             "version": CKPT_VERSION,
             "config": self.config,
             "target": self.blackbox.fingerprint() if self.blackbox is not None else self._saved_fingerprint,
+            "num_features": fixed_num_features(self.masker),
+            "num_classes": int(self.policy.num_classes),
         }
 
     @classmethod
@@ -250,27 +253,27 @@ class ExplainerModule(pl.LightningModule):
                         map_location: str | torch.device = "cpu") -> "ExplainerModule":
         """Rebuild an explainer from its checkpoint alone (configs inside) and attach ``target``.
 
-        ``target`` (nn.Module, callable or BlackBox) is checked against the saved fingerprint;
-        a mismatch raises :class:`TargetMismatchError` unless ``allow_target_mismatch``.
+        The checkpoint is data: its configs are built only from fex's registered classes
+        (:func:`fex.registry.safe_build`), never by importing what it names. ``target``
+        (nn.Module, callable or BlackBox) is checked against the saved fingerprint; a mismatch (or
+        a checkpoint without one) raises :class:`TargetMismatchError` unless
+        ``allow_target_mismatch``. The class count is checked either way.
         """
-        from hydra.utils import instantiate  # local: keeps `import fex` light
+        from fex.registry import check_metadata, safe_build
 
         ckpt = load_checkpoint_dict(path, map_location)
-        meta = ckpt[CKPT_KEY]
+        meta = check_metadata(ckpt, path, CKPT_VERSION)
         cfg = meta["config"]
-        try:
-            masker = instantiate(cfg["masker"])
-            backbone = instantiate(cfg["policy"]["backbone"])
-            policy = instantiate({k: v for k, v in cfg["policy"].items() if k != "backbone"}, backbone=backbone)
-            objective = obj.FexObjective(**cfg.get("objective", {}))
-        except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"checkpoint {path}: cannot rebuild the explainer from its config ({exc})") from exc
+        masker = safe_build("masker", cfg["masker"])
+        policy = safe_build("policy", cfg["policy"])
+        objective = safe_build("objective", cfg.get("objective") or {})
         module = cls(policy=policy, masker=masker, objective=objective, config=cfg)
         state = {k[len("policy."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
         try:
             policy.load_state_dict(state)
         except RuntimeError as exc:
             raise CheckpointError(f"checkpoint {path}: policy weights do not fit its config ({str(exc).splitlines()[0]})") from exc
+        check_features(meta, masker, path)
         module._saved_fingerprint = meta.get("target")
         module.eval()
         if target is not None:
@@ -282,8 +285,9 @@ class ExplainerModule(pl.LightningModule):
     def check_target(self, bb: BlackBox, allow_mismatch: bool = False) -> None:
         saved = self._saved_fingerprint
         if saved is None:
-            return
-        ok, why = fingerprints_match(saved, bb.fingerprint())
+            ok, why = False, "the checkpoint has no target fingerprint"
+        else:
+            ok, why = fingerprints_match(saved, bb.fingerprint())
         if not ok and not allow_mismatch:
             raise TargetMismatchError(
                 f"this explainer was trained against a different target: {why}; "
@@ -302,3 +306,19 @@ def load_checkpoint_dict(path: str | os.PathLike, map_location: Any = "cpu") -> 
     if not isinstance(ckpt, dict) or CKPT_KEY not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not an fex explainer checkpoint")
     return ckpt
+
+
+def fixed_num_features(masker: Masker) -> int | None:
+    """F for maskers whose feature count does not depend on the input (image grids), else None."""
+    try:
+        return int(masker.num_features(None))
+    except Exception:  # noqa: BLE001 - variable-length maskers (text) need an input
+        return None
+
+
+def check_features(meta: dict, masker: Masker, path: Any) -> None:
+    """The stored feature count (written at save time) must match the rebuilt masker's."""
+    want, have = meta.get("num_features"), fixed_num_features(masker)
+    if want is not None and have is not None and int(want) != have:
+        raise CheckpointError(f"checkpoint {path}: its masker config gives {have} features but the policy was "
+                              f"trained on {want}; the stored config was altered")
