@@ -19,12 +19,14 @@ def _plt():
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Save via a temporary file + rename so a killed run never leaves a half-written PNG."""
+    from fex.io import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    os.replace(tmp, path)
-    _plt().close(fig)
+    try:
+        with atomic_write(path, "wb") as fh:
+            fig.savefig(fh, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    finally:
+        _plt().close(fig)
     return path
 
 

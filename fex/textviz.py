@@ -83,10 +83,9 @@ def html_page(words: Sequence[Sequence[str]], scores, predictions: Sequence[str]
 
 
 def write_html(path: str | os.PathLike, words, scores, **kw) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(html_page(words, scores, **kw), encoding="utf-8")
-    return p
+    from fex.io import write_text
+
+    return write_text(path, html_page(words, scores, **kw))
 
 
 def ansi_words(words: Sequence[str], scores: Sequence[float], color: bool = True) -> str:

@@ -23,6 +23,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import Sampler
 
 from fex.errors import DataError
+from fex.io import write_npz
 
 SHARD_GLOB = "shard-*.npz"
 
@@ -33,15 +34,7 @@ def shard_path(directory: str | os.PathLike, index: np.ndarray) -> Path:
 
 def write_shard(directory: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
     """Write one shard atomically (tmp file in the same directory, fsync, rename)."""
-    path = shard_path(directory, arrays["index"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_npz(shard_path(directory, arrays["index"]), **arrays)
 
 
 def shard_files(directory: str | os.PathLike) -> list[str]:

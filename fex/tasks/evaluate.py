@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -28,25 +27,11 @@ from fex import compare, viz
 from fex import metrics as M
 from fex.baselines import Fex
 from fex.errors import DataError, FexError
+from fex.io import check_writable, write_json, write_npz, write_text
+from fex.manifest import check_or_write, make_manifest
 from fex.module import ExplainerModule, load_checkpoint_dict
 from fex.tasks.common import build_blackbox, build_data, to_dict
 from fex.writer import AttributionWriter, RankSplitSampler, clean_tmp, finished_indices, read_shards
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
-    return path
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def split_dataset(datamodule: Any, split: str) -> tuple[Any, Any]:
@@ -110,11 +95,7 @@ def collect(ds: Any, out: Path) -> dict[str, np.ndarray]:
     if len(have) != len(want) or not np.array_equal(have, np.asarray(want)):
         missing = sorted(set(want) - set(have.tolist()))
         raise DataError(f"attribution shards are incomplete: {len(missing)} rows missing (e.g. {missing[:3]})")
-    path = out / "attributions.npz"
-    tmp = out / ".attributions.npz.tmp"
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **rows)
-    os.replace(tmp, path)
+    write_npz(out / "attributions.npz", **rows)
     return rows
 
 
@@ -177,8 +158,7 @@ def compare_methods(cfg: DictConfig, explainer: ExplainerModule, ds: Any, loader
 def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     """Returns (metrics, objects). Non-zero DDP ranks return after writing their shards."""
     pl.seed_everything(cfg.seed, workers=True)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable(cfg.output_dir)  # created lazily, by the first file written
     load_checkpoint_dict(os.path.expanduser(str(cfg.checkpoint)))  # fail fast, before building the target
     blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
     explainer = ExplainerModule.from_checkpoint(os.path.expanduser(str(cfg.checkpoint)), target=blackbox,
@@ -187,6 +167,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     ds, loader = split_dataset(datamodule, cfg.split)
     check_data(explainer.masker, loader, cfg.split)
     objects = {"explainer": explainer, "blackbox": blackbox, "datamodule": datamodule}
+    # a rerun into this directory must be the same job (its shards are reused): refuse anything else
+    check_or_write(out, make_manifest(os.path.expanduser(str(cfg.checkpoint)), cfg.split, to_dict(cfg.data),
+                                      to_dict(cfg.get("method")), blackbox.fingerprint()), out / "attributions")
     metrics: dict[str, Any] = {"checkpoint": str(cfg.checkpoint), "split": cfg.split, "output_dir": str(out)}
 
     if cfg.attribution.enabled:

@@ -20,10 +20,10 @@ import torch
 from omegaconf import DictConfig
 
 from fex.errors import DataError, FexError
+from fex.io import check_writable, write_json, write_npz
 from fex.module import ExplainerModule, load_checkpoint_dict
 from fex.plotting import heatmap_grid
 from fex.tasks.common import build_blackbox
-from fex.tasks.evaluate import write_json
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 TEXT_EXTS = (".txt", ".csv", ".tsv")
@@ -125,12 +125,11 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
     src = Path(os.path.expanduser(str(cfg.get("input") or "")))
     if sentence is None and (not cfg.get("input") or not src.exists()):
         raise DataError(f"input not found: {src}" if cfg.get("input") else "give input=<file or folder> or text=<sentence>")
-    out = Path(os.path.expanduser(str(cfg.output_dir)))
+    out = check_writable(cfg.output_dir)  # created lazily, by the first file written
     load_checkpoint_dict(os.path.expanduser(str(cfg.checkpoint)))  # fail fast, before building the target
     blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
     explainer = ExplainerModule.from_checkpoint(os.path.expanduser(str(cfg.checkpoint)), target=blackbox,
                                                 allow_target_mismatch=bool(cfg.allow_target_mismatch))
-    out.mkdir(parents=True, exist_ok=True)
     bs = int(cfg.batch_size)
     if sentence is not None:
         if hasattr(explainer.masker, "encode"):
@@ -158,13 +157,10 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
 
         print_terminal([r["words"] for r in res["results"]], [r["scores"] for r in res["results"]],
                        [f"class {r['target']}" for r in res["results"]])
-    npz = out / "scores.npz"
-    tmp = out / ".scores.npz.tmp"
     keys = [str(r.get("file", r.get("line"))) for r in res["results"]]
-    with open(tmp, "wb") as fh:  # ragged (text) scores are stored one array per input
-        np.savez(fh, names=np.asarray(keys), targets=np.asarray([r["target"] for r in res["results"]]),
-                 **{f"scores_{i}": s for i, s in enumerate(res["scores"])})
-    os.replace(tmp, npz)
+    # ragged (text) scores are stored one array per input
+    npz = write_npz(out / "scores.npz", names=np.asarray(keys), targets=np.asarray([r["target"] for r in res["results"]]),
+                    **{f"scores_{i}": s for i, s in enumerate(res["scores"])})
     js = write_json(out / "scores.json", {"checkpoint": str(cfg.checkpoint), "input": str(src) if sentence is None else "text",
                                           "explained": res["results"], "skipped": res["skipped"]})
     metrics = {"explained": len(res["results"]), "skipped": len(res["skipped"]), "json": str(js), "npz": str(npz),

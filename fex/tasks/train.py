@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
+from fex.io import atomic_checkpoints, check_writable, copy_file
 from fex.module import ExplainerModule
 from fex.plotting import heatmap_grid
 from fex.tasks.common import build, build_blackbox, build_data, instantiate_list, to_dict
@@ -36,24 +36,22 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Train an explainer as configured. Returns (metrics, objects)."""
     t0 = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True)
-    out = Path(cfg.output_dir)
+    out = check_writable(cfg.output_dir)  # before any work; created lazily by the first file
     datamodule = build_data(cfg.data)
     blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
     module = build_explainer(cfg, datamodule, blackbox)
     trainer: pl.Trainer = build(cfg.trainer, logger=instantiate_list(cfg.get("logger")) or False,
                                       callbacks=instantiate_list(cfg.get("callbacks")))
+    atomic_checkpoints(trainer)  # Lightning's own checkpoints too: whole or not at all
     trainer.fit(module, datamodule=datamodule)
 
     ckpt_path = out / cfg.ckpt_name
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
     if trainer.is_global_zero:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt_path.with_name(f".{ckpt_path.name}.tmp")
         if best and os.path.isfile(best):
-            shutil.copyfile(best, tmp)
+            copy_file(best, ckpt_path)  # atomic: never a half-written explainer
         else:
-            trainer.save_checkpoint(tmp)
-        os.replace(tmp, ckpt_path)  # atomic: never a half-written explainer
+            trainer.save_checkpoint(ckpt_path)  # atomic through fex.io.AtomicCheckpointIO
     if trainer.world_size > 1:
         trainer.strategy.barrier()
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
