@@ -1,11 +1,10 @@
 """Train an FEX explainer: `python train.py [group=option] [key=value]` (Hydra). See README."""
 import os
-import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from fex.errors import FexError
+from fex.launch import precheck, run
 
 os.environ.setdefault("WANDB_MODE", "offline")  # never reach for the network unless asked
 
@@ -14,13 +13,10 @@ os.environ.setdefault("WANDB_MODE", "offline")  # never reach for the network un
 def main(cfg: DictConfig) -> float:
     from fex.tasks.train import train
 
-    try:
-        metrics, _ = train(cfg)
-    except FexError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    metrics, _ = run(train, cfg)  # fex / disk errors: one line, exit 2
     return metrics.get("val/reward", float("nan"))
 
 
 if __name__ == "__main__":
+    precheck("train")  # config errors: one line, exit 2, before Hydra makes a run dir
     main()

@@ -33,6 +33,8 @@ def explain_main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from fex.io import DISK_ERRNOS, output_error_from
+    from fex.launch import one_line
     from fex.tasks.explain import explain
 
     args = sys.argv[1:] if argv is None else argv
@@ -43,8 +45,12 @@ def explain_main(argv: list[str] | None = None) -> int:
         with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
             cfg = compose("explain", overrides=args)
         explain(cfg)
-    except (FexError, HydraException, OmegaConfBaseException) as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+    except (FexError, HydraException, OmegaConfBaseException, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, FexError):
+            if exc.errno not in DISK_ERRNOS:
+                raise
+            exc = output_error_from(exc)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         if argv is None:
             sys.exit(2)
         return 2

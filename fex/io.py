@@ -99,20 +99,26 @@ def check_writable(directory: str | os.PathLike, what: str = "output directory",
 
 
 def remove_empty_dirs(directory: str | os.PathLike, bookkeeping: tuple[str, ...] = ()) -> bool:
-    """Remove ``directory`` (bottom-up) if it holds no files except ``bookkeeping`` names
-    (e.g. Hydra's ``.hydra`` folder and job log): what a run that failed before writing anything
-    leaves. Returns whether it was removed. Never removes a directory with any other file."""
+    """Remove ``directory`` if it holds no files except top-level ``bookkeeping`` entries (glob
+    patterns, e.g. Hydra's ``.hydra`` folder and job log) and empty folders: what a run that failed
+    before writing anything leaves. Returns whether it was removed. A directory with any other file
+    is never touched."""
+    import fnmatch
     import shutil
 
     directory = Path(directory)
     if not directory.is_dir():
         return False
-    for root, _dirs, files in os.walk(directory):
-        rel = Path(root).relative_to(directory)
-        top = rel.parts[0] if rel.parts else None
-        if top in bookkeeping:
-            continue
-        if any(f not in bookkeeping or top is not None for f in files):
+
+    def kept(name: str) -> bool:
+        return any(fnmatch.fnmatch(name, pat) for pat in bookkeeping)
+
+    for root, dirs, files in os.walk(directory):
+        if Path(root) == directory:
+            dirs[:] = [d for d in dirs if not kept(d)]
+            if any(not kept(f) for f in files):
+                return False
+        elif files:
             return False
     shutil.rmtree(directory, ignore_errors=True)
     return not directory.exists()
