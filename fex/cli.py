@@ -46,7 +46,7 @@ def explain_main(argv: list[str] | None = None) -> int:
             cfg = compose("explain", overrides=args)
         explain(cfg)
     except (FexError, HydraException, OmegaConfBaseException, OSError) as exc:
-        if isinstance(exc, OSError) and not isinstance(exc, FexError):
+        if isinstance(exc, OSError) and not isinstance(exc, (FexError, HydraException)):
             if exc.errno not in DISK_ERRNOS:
                 raise
             exc = output_error_from(exc)

@@ -70,7 +70,7 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike, chunk: int = 1 << 
 MIN_FREE_BYTES = 1 << 20
 
 
-def check_writable(directory: str | os.PathLike, what: str = "output directory", min_free: int = MIN_FREE_BYTES) -> Path:
+def check_writable(directory: str | os.PathLike, what: str = "output directory", min_free: int | None = None) -> Path:
     """Fail now, with one line, if ``directory`` could not be created or written (read-only, no
     permission, full disk), instead of after an hour of work. Creates nothing that stays: the
     probe goes into the nearest existing ancestor (or the directory itself) and is removed."""
@@ -93,7 +93,7 @@ def check_writable(directory: str | os.PathLike, what: str = "output directory",
             os.remove(probe)
     st = os.statvfs(probe_dir)
     free = st.f_bavail * st.f_frsize
-    if free < min_free:
+    if free < (MIN_FREE_BYTES if min_free is None else min_free):
         raise OutputError(f"{what} {directory}: no space left on its disk ({free} bytes free at {probe_dir})")
     return directory
 
