@@ -19,6 +19,7 @@ import torch
 from fex import objective as obj
 from fex.blackbox import BlackBox, check_num_classes, fingerprints_match
 from fex.errors import CheckpointError, InputError, TargetMismatchError
+from fex.inputs import class_index
 from fex.maskers.base import Masker
 from fex.metrics import deletion_auc
 
@@ -195,7 +196,7 @@ class ExplainerModule(pl.LightningModule):
         ``target=None`` explains the black box's prediction (one query per input) if a black box
         is attached, else the policy's class head (its KL-anchored guess of the prediction).
         """
-        self.masker.validate(x)
+        x = self.masker.prepare(x)  # validated; float64 cast to float32
         was_training = self.training
         self.eval()
         try:
@@ -215,14 +216,7 @@ class ExplainerModule(pl.LightningModule):
             if self.blackbox is not None:
                 return self._bb()(x).argmax(-1).to(logits.device)
             return obj.class_head_log_probs(logits, valid).argmax(-1)
-        t = torch.as_tensor(target, device=logits.device).long().flatten()
-        if t.numel() == 1:
-            t = t.expand(b)
-        if t.numel() != b:
-            raise InputError(f"target has {t.numel()} entries for a batch of {b}")
-        if (t < 0).any() or (t >= c).any():
-            raise InputError(f"target class out of range 0..{c - 1}: {t.tolist()}")
-        return t
+        return class_index(target, b, c, device=logits.device)  # 2.7 refused, not truncated
 
     def attribute(self, inputs: Any, target: Any = None) -> torch.Tensor:
         """Captum-style: attributions in the input's shape for ``target`` (default: the prediction)."""

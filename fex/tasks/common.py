@@ -15,7 +15,7 @@ from fex.errors import ConfigError, FexError, TargetError
 log = logging.getLogger("fex")
 
 # data-config keys that describe the data for other groups, not constructor arguments
-DATA_META_KEYS = ("num_classes", "input_shape")
+DATA_META_KEYS = ("num_classes", "input_shape", "value_range")
 
 
 def build(cfg: Any, what: str | None = None, **kwargs: Any) -> Any:

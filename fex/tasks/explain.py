@@ -1,7 +1,7 @@
 """explain(cfg): a trained explainer on the user's own files.
 
-Input is a folder of images (PNG/JPEG; each converted to the explainer's channels and
-size) or a text file (one example per line) / CSV file (a ``text`` column, else the first
+Input is a folder of images (PNG/JPEG; another size, channel count or pixel scale is refused
+unless ``input_size=resize`` / ``channels=convert`` / ``scale=N`` asks for it, see fex.inputs) or a text file (one example per line) / CSV file (a ``text`` column, else the first
 column) for text explainers. Output under ``output_dir``: one heatmap PNG per image
 (``<name>.heatmap.png``), ``scores.json`` (per input: explained class, probability, feature
 scores; skipped files with the reason) and ``scores.npz``. Unreadable inputs are reported
@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from fex.errors import DataError, FexError
+from fex.errors import DataError, FexError, InputError
+from fex.inputs import Notes, check_options, load_image, read_text_lines
 from fex.io import check_writable, write_json, write_npz
 from fex.module import ExplainerModule, load_checkpoint_dict
 from fex.plotting import heatmap_grid
@@ -29,48 +30,26 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 TEXT_EXTS = (".txt", ".csv", ".tsv")
 
 
-def load_image(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:
-    """[C, H, W] float in [0, 1] resized to ``shape``; raises on anything PIL cannot decode."""
-    from PIL import Image
-
-    c, h, w = shape
-    with Image.open(path) as im:
-        im = im.convert("L" if c == 1 else "RGB")
-        if im.size != (w, h):
-            im = im.resize((w, h), Image.BILINEAR)
-        arr = np.asarray(im, dtype=np.float32) / 255.0
-    t = torch.from_numpy(arr.copy())
-    return t.unsqueeze(0) if c == 1 else t.permute(2, 0, 1)
-
-
-def read_texts(path: Path) -> list[str]:
-    if path.suffix.lower() in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
-        if not rows:
-            return []
-        col = rows[0].index("text") if "text" in rows[0] else 0
-        body = rows[1:] if "text" in rows[0] else rows
-        return [r[col] for r in body if len(r) > col and r[col].strip()]
-    with open(path, encoding="utf-8") as fh:
-        return [line.rstrip("\n") for line in fh if line.strip()]
-
-
 def _report(skipped: list[dict], name: str, why: str) -> None:
     skipped.append({"file": name, "reason": why})
     print(f"warning: skipped {name}: {why}", file=sys.stderr)
 
 
-def explain_images(explainer: ExplainerModule, files: list[Path], out: Path, batch_size: int) -> dict:
+def explain_images(explainer: ExplainerModule, files: list[Path], out: Path, batch_size: int,
+                   convert: dict | None = None) -> dict:
+    """``convert``: the explicit input conversions (``input_size``, ``channels``, ``scale``; see fex.inputs)."""
     masker = explainer.masker
     shape = getattr(masker, "input_shape", None)
     if shape is None:
         raise DataError("this explainer is not an image explainer (its masker has no input_shape)")
     skipped: list[dict] = []
     items: list[tuple[str, torch.Tensor]] = []
+    notes = Notes()
     for f in files:
         try:
-            items.append((f.name, load_image(f, shape)))
+            items.append((f.name, load_image(f, shape, notes=notes, **(convert or {}))))
+        except InputError as exc:  # readable, but not what the explainer takes (size, channels)
+            _report(skipped, f.name, str(exc))
         except Exception as exc:  # noqa: BLE001 - any decode failure: report by name, go on
             _report(skipped, f.name, f"not a readable image ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
     results, scores_all = [], []
@@ -87,11 +66,14 @@ def explain_images(explainer: ExplainerModule, files: list[Path], out: Path, bat
                             "probability": None if probs is None else float(probs[i, cls]),
                             "scores": exp["scores"][i].tolist(), "heatmap": png.name})
             scores_all.append(exp["scores"][i].numpy())
-    return {"results": results, "skipped": skipped, "scores": scores_all}
+    return {"results": results, "skipped": skipped, "scores": scores_all, "notes": notes.summary()}
 
 
-def explain_texts(explainer: ExplainerModule, texts: list[str], name: str, batch_size: int) -> dict:
-    """Explain texts (from a file, or one sentence given on the command line) word by word."""
+def explain_texts(explainer: ExplainerModule, texts: list[str], name: str, batch_size: int,
+                  line_numbers: list[int] | None = None) -> dict:
+    """Explain texts (from a file, or one sentence given on the command line) word by word.
+    ``line_numbers``: each text's line in its file (blank lines are skipped but counted)."""
+    numbers = line_numbers or list(range(1, len(texts) + 1))
     masker = explainer.masker
     if not hasattr(masker, "encode"):
         raise DataError(f"{name} is text but this explainer's masker ({type(masker).__name__}) explains images")
@@ -104,14 +86,14 @@ def explain_texts(explainer: ExplainerModule, texts: list[str], name: str, batch
                 masker.encode([t])
                 good.append((j, t))
             except FexError as exc:
-                _report(skipped, f"{name}:{j + 1}", str(exc))
+                _report(skipped, f"{name}:{numbers[j]}", str(exc))
         if not good:
             continue
         x = masker.encode([t for _, t in good])
         exp = explainer.explain(x)
         for i, (j, t) in enumerate(good):
             n = int(exp["valid"][i].sum())
-            rec = {"line": j + 1, "text": t, "target": int(exp["target"][i]), "scores": exp["scores"][i, :n].tolist()}
+            rec = {"line": numbers[j], "text": t, "target": int(exp["target"][i]), "scores": exp["scores"][i, :n].tolist()}
             if "words" in x:
                 rec["words"] = list(x["words"][i])
             results.append(rec)
@@ -131,6 +113,8 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
     explainer = ExplainerModule.from_checkpoint(os.path.expanduser(str(cfg.checkpoint)), target=blackbox,
                                                 allow_target_mismatch=bool(cfg.allow_target_mismatch))
     bs = int(cfg.batch_size)
+    convert = {k: cfg.get(k, d) for k, d in (("input_size", "strict"), ("channels", "strict"), ("scale", "auto"))}
+    check_options(**convert)  # a typo fails now, not per file
     if sentence is not None:
         if hasattr(explainer.masker, "encode"):
             explainer.masker.encode([str(sentence)])  # a bad sentence is the error itself, not a skipped row
@@ -139,15 +123,15 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
         files = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
             raise DataError(f"no files in {src}")
-        res = explain_images(explainer, files, out, bs)
+        res = explain_images(explainer, files, out, bs, convert)
     elif src.suffix.lower() in TEXT_EXTS:
         try:
-            texts = read_texts(src)
+            lines = read_text_lines(src)
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise DataError(f"cannot read {src}: {exc}") from exc
-        res = explain_texts(explainer, texts, src.name, bs)
+        res = explain_texts(explainer, [t for _, t in lines], src.name, bs, [n for n, _ in lines])
     elif src.suffix.lower() in IMAGE_EXTS:
-        res = explain_images(explainer, [src], out, bs)
+        res = explain_images(explainer, [src], out, bs, convert)
     else:
         raise DataError(f"{src}: expected a folder of images, an image, or a .txt/.csv file")
     if not res["results"]:
@@ -162,7 +146,8 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
     npz = write_npz(out / "scores.npz", names=np.asarray(keys), targets=np.asarray([r["target"] for r in res["results"]]),
                     **{f"scores_{i}": s for i, s in enumerate(res["scores"])})
     js = write_json(out / "scores.json", {"checkpoint": str(cfg.checkpoint), "input": str(src) if sentence is None else "text",
-                                          "explained": res["results"], "skipped": res["skipped"]})
+                                          "explained": res["results"], "skipped": res["skipped"],
+                                          "notes": res.get("notes", [])})
     metrics = {"explained": len(res["results"]), "skipped": len(res["skipped"]), "json": str(js), "npz": str(npz),
                "output_dir": str(out)}
     print(f"fex-explain: {metrics['explained']} explained, {metrics['skipped']} skipped -> {out}", flush=True)
