@@ -114,3 +114,24 @@ def test_explain_texts_reports_file_line_numbers():
     res = explain_texts(Explainer(), ["a film", "bad one", "great"], "t.txt", 8, [1, 4, 6])
     assert [r["line"] for r in res["results"]] == [1, 6]
     assert res["skipped"] == [{"file": "t.txt:4", "reason": "too long"}]
+
+
+def test_corrupt_text_target_cache_names_the_dir(tmp_path):
+    import hashlib
+    import json
+
+    from fex.errors import TargetError
+    from fex.targets import text as T
+
+    # the cache dir for the default settings, with a damaged metadata file
+    settings = {"source": "rotten_tomatoes", "seed": 0, "val_size": 1000, "test_size": 1000, "epochs": 1,
+                "batch_size": 32, "lr": 1e-4, "max_length": 64, "train_last_n_layers": None, "base": None, "version": 1}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    root = tmp_path / "targets" / f"minilm_rotten_tomatoes_{key}"
+    root.mkdir(parents=True)
+    (root / "fex_target.json").write_text("{truncated")
+    with pytest.raises(TargetError, match=f"target cache {root} is corrupt .*delete it"):
+        T.minilm_sentiment(cache_dir=str(tmp_path))
+    (root / "fex_target.json").write_text(json.dumps({"test_accuracy": 0.9}))  # weights missing
+    with pytest.raises(TargetError, match="delete it"):
+        T.minilm_sentiment(cache_dir=str(tmp_path))
