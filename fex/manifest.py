@@ -37,8 +37,11 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def make_manifest(checkpoint: str | os.PathLike, split: str, data: dict | None = None, methods: dict | None = None,
                   target: dict | None = None, **extra: Any) -> dict:
-    """What identifies a run's results. ``target`` is the black box's fingerprint."""
+    """What identifies a run's results. ``target`` is the black box's fingerprint; as when a checkpoint
+    is checked against its target, its identity is its name, output kind and weights hash (its other
+    config, e.g. a batch size or a test's artificial delay, does not change the rows)."""
     data = {k: v for k, v in (data or {}).items() if k not in DATA_KEYS_IGNORED}
+    target = {k: (target or {}).get(k) for k in ("name", "output", "weights_sha256")} if target else {}
     m = {"version": MANIFEST_VERSION, "checkpoint_sha256": file_sha256(checkpoint), "split": str(split),
          "data": data, "methods": methods or {}, "target": target or {}}
     m.update(extra)
