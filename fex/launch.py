@@ -20,6 +20,8 @@ from fex.io import DISK_ERRNOS, check_writable, output_error_from, remove_empty_
 CONF = Path(__file__).resolve().parent.parent / "conf"
 HYDRA_BOOKKEEPING = (".hydra", "*.log")
 _MULTIRUN = ("-m", "--multirun")
+# run/sweep dirs that did not exist before this process: only these are removed after a failure
+_NEW_DIRS: set[Path] = set()
 
 
 def one_line(exc: BaseException) -> str:
@@ -91,11 +93,14 @@ def precheck(config_name: str, argv: list[str] | None = None, config_dir: str | 
         check_writable(run_dir, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     except FexError as exc:
         fail(str(exc))
+    if not Path(run_dir).exists():
+        _NEW_DIRS.add(Path(run_dir).absolute())
 
 
 def run(task: Callable[[Any], Any], cfg: Any) -> Any:
     """``task(cfg)`` with fex errors and disk errors as ``error: ...``, exit 2; a failed run that
     wrote nothing leaves no run directory behind."""
+    _remember_if_new(cfg)
     try:
         return task(cfg)
     except FexError as exc:
@@ -108,10 +113,29 @@ def run(task: Callable[[Any], Any], cfg: Any) -> Any:
         fail(str(output_error_from(exc)))
 
 
-def _cleanup(cfg: Any) -> None:
+def _output_dir(cfg: Any) -> Path | None:
     try:
         out = cfg.get("output_dir")
     except Exception:  # noqa: BLE001 - an unresolvable output_dir: nothing to clean
+        return None
+    return Path(str(out)).expanduser().absolute() if out else None
+
+
+def _remember_if_new(cfg: Any) -> None:
+    out = _output_dir(cfg)
+    if out is not None and not out.exists():
+        _NEW_DIRS.add(out)
+
+
+def _cleanup(cfg: Any) -> None:
+    """Remove the run's output dir if this process created it (see :func:`precheck`) and the failed
+    run left nothing in it but Hydra's bookkeeping; a directory the user made stays."""
+    out = _output_dir(cfg)
+    if out is None:
         return
-    if out:
-        remove_empty_dirs(out, HYDRA_BOOKKEEPING)
+    new = next((d for d in _NEW_DIRS if out == d or d in out.parents), None)
+    if new is None:
+        return
+    remove_empty_dirs(out, HYDRA_BOOKKEEPING)
+    if new != out and new.is_dir() and not any(new.iterdir()):  # a sweep dir whose only job failed
+        new.rmdir()

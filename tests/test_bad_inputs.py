@@ -214,6 +214,8 @@ CASES = {
     # 7. exit codes and messages
     "unknown override foo=1": shim("train.py", ["foo=1"], "Could not override 'foo'"),
     "evaluate without checkpoint": shim("evaluate.py", [], "missing mandatory value: checkpoint"),
+    "evaluate with a missing checkpoint file": shim("evaluate.py", ["checkpoint=/nonexistent/x.ckpt"],
+                                                    "checkpoint not found: /nonexistent/x.ckpt"),
     "corrupt target cache": corrupt_target_cache,
     "target cache named by its settings": cache_name_has_settings,
 }

@@ -148,3 +148,23 @@ def test_remove_empty_dirs_keeps_anything_with_a_file(tmp_path):
     (keep / "attributions" / "shard-000000000.npz").write_bytes(b"x")
     assert not fio.remove_empty_dirs(keep, (".hydra", "*.log")) and keep.exists()
     assert fio.remove_empty_dirs(run, (".hydra", "*.log")) and not run.exists()
+
+
+def test_failed_run_removes_only_the_dir_it_created(tmp_path, capsys):
+    from fex.errors import DataError
+    from fex.launch import run
+
+    def failing(cfg):
+        out = tmp_path / cfg["name"]
+        (out / ".hydra").mkdir(parents=True, exist_ok=True)  # what Hydra writes before the task
+        (out / ".hydra" / "config.yaml").write_text("x: 1")
+        (out / "attributions").mkdir()
+        raise DataError("bad data")
+
+    for name, existed in (("new", False), ("mine", True)):
+        if existed:
+            (tmp_path / name).mkdir()
+        with pytest.raises(SystemExit) as e:
+            run(failing, {"output_dir": str(tmp_path / name), "name": name})
+        assert e.value.code == 2 and capsys.readouterr().err == "error: bad data\n"
+        assert (tmp_path / name).exists() == existed  # a directory the user made is left alone
