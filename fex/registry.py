@@ -223,3 +223,31 @@ def check_metadata(ckpt: dict, path: Any, max_version: int) -> dict:
     if not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"checkpoint {path}: its state_dict is missing or malformed")
     return meta
+
+
+def check_stored(group: str, cfg: Any, where: str) -> None:
+    """A ``data`` or ``target`` config a checkpoint recorded may be used as a job's default only if it
+    names a registered fex class/factory with plain arguments: a checkpoint never makes a job import
+    your code. (Name your own target or data on the command line, where running it is your choice.)"""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=False)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{where}: its stored {group} config is not a mapping")
+    node = cfg.get("model") if group == "target" else cfg
+    if not isinstance(node, dict):
+        raise CheckpointError(f"{where}: its stored {group} config has no model")
+    name = node.get("_target_")
+    try:
+        lookup(group, name)
+    except CheckpointError:
+        raise CheckpointError(f"{where} was trained with {group} {name!r}, which is not one of fex's own; a checkpoint "
+                              f"never runs code, so name it on the command line ({group}=...)") from None
+    for key, value in cfg.items():
+        if key == "model" and group == "target":
+            for k, v in value.items():
+                if k != "_target_":
+                    check_plain(v, f"{group}.model.{k}")
+        elif key != "_target_":
+            check_plain(value, f"{group}.{key}")

@@ -17,6 +17,7 @@ from torch import nn
 from fex.data.mnist import MNISTDataModule
 from fex.errors import TargetError
 from fex.io import atomic_write
+from fex.targets import accuracy
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,6 @@ class _Classifier(pl.LightningModule):
     def configure_optimizers(self):
         opt = torch.optim.Adam(self.model.parameters(), lr=self.lr)
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=6, gamma=0.3)}
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    model.eval()
-    with torch.no_grad():
-        pred = torch.cat([model(x[i:i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
-    return float((pred == y).float().mean())
 
 
 DEFAULT_EPOCHS, DEFAULT_LR = 12, 2e-3
