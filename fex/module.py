@@ -18,8 +18,9 @@ import pytorch_lightning as pl
 import torch
 
 from fex import objective as obj
-from fex.blackbox import BlackBox, fingerprints_match
+from fex.blackbox import BlackBox, check_num_classes, fingerprints_match
 from fex.errors import InputError, TargetMismatchError
+from fex.inputs import class_index
 from fex.maskers.base import Masker
 from fex.metrics import deletion_auc, insertion_auc
 
@@ -64,6 +65,7 @@ class ExplainerModule(pl.LightningModule):
     def attach(self, blackbox: BlackBox) -> "ExplainerModule":
         if not isinstance(blackbox, BlackBox):
             blackbox = BlackBox(blackbox)
+        check_num_classes(blackbox, int(self.policy.num_classes))  # every path, allow_target_mismatch or not
         self.blackbox = blackbox
         return self
 
@@ -290,7 +292,7 @@ class ExplainerModule(pl.LightningModule):
         ``target=None`` explains the black box's prediction (one query per input) if a black box
         is attached, else the policy's class head (its KL-anchored guess of the prediction).
         """
-        self.masker.validate(x)
+        x = self.masker.prepare(x)  # validated; float64 cast to float32
         was_training = self.training
         self.eval()
         try:
@@ -321,14 +323,7 @@ class ExplainerModule(pl.LightningModule):
                 raise InputError("this explainer has no trained class head (objective.kl_weight=0): pass target=... "
                                  "or attach the black box (target=model when loading)")
             return obj.class_head_log_probs(logits, valid).argmax(-1)
-        t = torch.as_tensor(target, device=logits.device).long().flatten()
-        if t.numel() == 1:
-            t = t.expand(b)
-        if t.numel() != b:
-            raise InputError(f"target has {t.numel()} entries for a batch of {b}")
-        if (t < 0).any() or (t >= c).any():
-            raise InputError(f"target class out of range 0..{c - 1}: {t.tolist()}")
-        return t
+        return class_index(target, b, c, device=logits.device)  # 2.7 refused, not truncated
 
     @property
     def class_names(self) -> list[str]:
@@ -399,8 +394,9 @@ class ExplainerModule(pl.LightningModule):
     def check_target(self, bb: BlackBox, allow_mismatch: bool = False) -> None:
         saved = self._saved_fingerprint
         if saved is None:
-            return
-        ok, why = fingerprints_match(saved, bb.fingerprint())
+            ok, why = False, "the checkpoint has no target fingerprint"
+        else:
+            ok, why = fingerprints_match(saved, bb.fingerprint())
         if not ok and not allow_mismatch:
             raise TargetMismatchError(
                 f"this explainer was trained against a different target: {why}; "
@@ -412,3 +408,21 @@ def load_checkpoint_dict(path: str | os.PathLike, map_location: Any = "cpu") -> 
     from fex.explainer import read_checkpoint
 
     return read_checkpoint(path, map_location)
+
+
+def fixed_num_features(masker: Masker) -> int | None:
+    """F for maskers whose feature count does not depend on the input (image grids), else None."""
+    try:
+        return int(masker.num_features(None))
+    except Exception:  # noqa: BLE001 - variable-length maskers (text) need an input
+        return None
+
+
+def check_features(meta: dict, masker: Masker, path: Any) -> None:
+    """The stored feature count (written at save time) must match the rebuilt masker's."""
+    from fex.errors import CheckpointError
+
+    want, have = meta.get("num_features"), fixed_num_features(masker)
+    if want is not None and have is not None and int(want) != have:
+        raise CheckpointError(f"checkpoint {path}: its masker config gives {have} features but the policy was "
+                              f"trained on {want}; the stored config was altered")

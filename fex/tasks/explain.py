@@ -21,7 +21,8 @@ from omegaconf import DictConfig
 
 from fex.errors import DataError
 from fex.explainer import load_explainer, read_checkpoint
-from fex.io import atomic_write, write_json
+from fex.inputs import check_options
+from fex.io import atomic_write, check_writable, write_json
 from fex.module import ExplainerModule
 from fex.tasks.common import build_blackbox, with_checkpoint_defaults
 
@@ -58,12 +59,15 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
     src = Path(os.path.expanduser(str(cfg.get("input") or "")))
     if sentence is None and (not cfg.get("input") or not src.exists()):
         raise DataError(f"input not found: {src}" if cfg.get("input") else "give input=<file or folder> or text=<sentence>")
-    out = Path(os.path.expanduser(str(cfg.output_dir)))
+    out = check_writable(cfg.output_dir)  # created lazily, by the first file written
+    convert = {k: cfg.get(k, d) for k, d in (("input_size", "strict"), ("channels", "strict"), ("scale", "auto"))}
+    check_options(**convert)  # a typo fails now, not per file
     ckpt = read_checkpoint(str(cfg.checkpoint))  # once; fail fast, before building the target
     cfg = with_checkpoint_defaults(cfg, ckpt)
     blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
     explainer = load_explainer(ckpt, target=blackbox, allow_target_mismatch=bool(cfg.allow_target_mismatch))
     renderer = explainer.masker.renderer()
+    renderer.convert = convert  # explicit input conversions (images), see fex.inputs
     if sentence is not None:
         items, skipped = [renderer.parse(str(sentence))], []
     else:
@@ -72,14 +76,14 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
         print(f"warning: skipped {s['file']}: {s['reason']}", file=sys.stderr)
     if not items:
         raise DataError(f"nothing could be explained in {src} ({len(skipped)} inputs skipped)")
-    out.mkdir(parents=True, exist_ok=True)
     results = explain_items(explainer, items, out, int(cfg.batch_size))
     keys = [str(r.get("file", r.get("line"))) for r in results]
     with atomic_write(out / "scores.npz") as fh:  # ragged (text) scores are stored one array per input
         np.savez(fh, names=np.asarray(keys), targets=np.asarray([r["target"] for r in results]),
                  **{f"scores_{i}": np.asarray(r["scores"], dtype=np.float32) for i, r in enumerate(results)})
     js = write_json(out / "scores.json", {"checkpoint": str(cfg.checkpoint), "input": str(src) if sentence is None else "text",
-                                          "explained": results, "skipped": skipped})
+                                          "explained": results, "skipped": skipped,
+                                          "notes": renderer.notes.summary() if getattr(renderer, "notes", None) else []})
     metrics = {"explained": len(results), "skipped": len(skipped), "json": str(js), "npz": str(out / "scores.npz"),
                "output_dir": str(out)}
     print(f"fex-explain: {metrics['explained']} explained, {metrics['skipped']} skipped -> {out}", flush=True)

@@ -19,7 +19,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from fex.errors import ConfigError
 from fex.explainer import build_explainer, load_explainer
-from fex.io import atomic_write, write_json
+from fex.io import atomic_checkpoints, check_writable, copy_file, write_json
 from fex.module import ExplainerModule
 from fex.tasks.common import build, build_blackbox, build_data, instantiate_list
 
@@ -58,13 +58,14 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Train an explainer as configured. Returns (metrics, objects)."""
     t0 = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True)
-    out = Path(cfg.output_dir)
+    out = check_writable(cfg.output_dir)  # before any work; created lazily by the first file
     datamodule = build_data(cfg.data)
     blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
     module = build_explainer(cfg, datamodule, blackbox)
     ckpt_from = resume_path(cfg, out)
     trainer: pl.Trainer = build(cfg.trainer, logger=instantiate_list(cfg.get("logger")) or False,
                                 callbacks=checkpoint_callbacks(instantiate_list(cfg.get("callbacks")), out))
+    atomic_checkpoints(trainer)  # Lightning's own checkpoints (last.ckpt, best) too: whole or not at all
     if ckpt_from and trainer.is_global_zero:
         print(f"fex: resuming from {ckpt_from}", flush=True)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_from)
@@ -73,11 +74,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     cb = trainer.checkpoint_callback
     best = getattr(cb, "best_model_path", "") if cb else ""
     if trainer.is_global_zero:
-        with atomic_write(ckpt_path) as fh:  # never a half-written explainer
-            if best and Path(best).is_file():
-                fh.write(Path(best).read_bytes())
-            else:
-                trainer.save_checkpoint(Path(fh.name))
+        if best and Path(best).is_file():
+            copy_file(best, ckpt_path)  # atomic: never a half-written explainer
+        else:
+            trainer.save_checkpoint(ckpt_path)  # atomic through fex.io.AtomicCheckpointIO
     if trainer.world_size > 1:
         trainer.strategy.barrier()
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
