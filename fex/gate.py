@@ -13,9 +13,11 @@ first, LeRF; or k random ones), for the J sizes ``k_j = ceil(fraction_j * n)``. 
 A faithful explanation names features whose removal hurts more than removing the ones it calls
 unimportant (T well above 0); a constant or shuffled one cannot tell them apart (T near 0). The
 explanation **passes** when T >= threshold. The threshold is calibrated, not chosen: on
-validation inputs (in distribution, where the explainer is trusted) it is the conformal lower
-quantile ``T_(k)``, ``k = floor(alpha * (n + 1))``, so an exchangeable new input fails with
-probability ``k / (n + 1) <= alpha``: the stated false-alarm rate. The calibration is saved
+validation inputs whose explanation is *right* (deletion AUC within ``margin`` of a per-instance
+reference's, FeatureAblation by default) it is the conformal lower quantile ``T_(k)``,
+``k = floor(alpha * (n + 1))``, so a right explanation of an exchangeable new input fails with
+probability ``k / (n + 1) <= alpha``: the stated false-alarm rate. (``reference=None`` calibrates on
+all validation inputs, without reference queries: then ``P(fail) <= alpha``.) The calibration is saved
 next to the checkpoint (``<ckpt>.gate.json``, with the checkpoint's sha256; a stale sidecar is
 refused). A failed explanation is replaced by a per-instance method on the same features
 (``FeatureAblation`` by default), and its queries are counted per input too.
@@ -264,28 +266,56 @@ class Gate:
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, explainer: Any, x_val: Any, alpha: float | None = None, target: Any = None,
+                  reference: str | None = "feature_ablation", margin: float = 0.2, steps: int | None = None,
                   batch_size: int = 256) -> float:
         """Set the threshold from validation inputs at false-alarm rate ``alpha``; returns it.
 
+        ``reference`` (default FeatureAblation): a validation explanation counts as *right* when its
+        deletion AUC (``steps`` curve steps, None: one per feature) is at most ``margin`` above the
+        reference's on the same input, and the threshold is the conformal ``alpha`` quantile of the
+        statistic over the right ones only, so ``P(fail | right) <= alpha`` for a new in-distribution
+        input. ``reference=None`` uses every validation input (``P(fail) <= alpha``; no reference
+        queries: ``1 + 2J`` per input instead of about ``3F``).
         ``x_val``: a batch, or an iterable of batches (e.g. a DataLoader yielding (x, y, index)).
-        The calibration queries are counted on the black box and recorded in :attr:`calibration`.
+        The calibration's queries are counted on the black box and recorded in :attr:`calibration`.
         """
         self.alpha = float(self.alpha if alpha is None else alpha)
         bb, masker = self._parts(explainer)
-        stats = []
+        ref = None
+        if reference is not None:
+            from fex.baselines import METHODS
+
+            if reference not in METHODS or reference == "fex":
+                raise ConfigError(f"gate calibration reference must be a per-instance method, got {reference!r}")
+            ref = METHODS[reference](bb, masker)
+        stats, right = [], []
         given = isinstance(explainer, torch.Tensor)  # precomputed scores: sliced along with the inputs
         if given and not isinstance(x_val, (torch.Tensor, dict)):
             raise InputError("calibrating precomputed scores needs x_val as one batch")
         with bb.counting() as c:
             for start, (xb, tb) in zip(range(0, 1 << 62, batch_size), _batches(x_val, target, masker, batch_size)):
                 e = explainer[start:start + masker.batch_size(xb)] if given else explainer
-                stats.append(self.check(e, xb, tb)["statistic"])
+                out = self.check(e, xb, tb)
+                stats.append(out["statistic"])
+                if ref is not None:
+                    t = out["target"]
+                    d_e = M.deletion_auc(bb, masker, xb, out["scores"], t, steps).cpu()
+                    d_r = M.deletion_auc(bb, masker, xb, ref.attribute(xb, t), t, steps).cpu()
+                    right.append(d_e - d_r <= margin)
         s = torch.cat(stats)
-        self.threshold = conformal_threshold(s, self.alpha)
-        k = math.floor(self.alpha * (len(s) + 1))
-        q = torch.quantile(s.double(), torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)).tolist()
-        self.calibration = {"n": int(len(s)), "alpha": self.alpha, "false_alarm_bound": k / (len(s) + 1),
+        keep = torch.cat(right) if right else torch.ones_like(s, dtype=torch.bool)
+        n = int(keep.sum())
+        if math.floor(self.alpha * (n + 1)) < 1:
+            raise ConfigError(f"only {n} of {len(s)} validation explanations are right (deletion AUC within {margin} "
+                              f"of {reference}'s): too few to calibrate at alpha={self.alpha}; use more inputs")
+        self.threshold = conformal_threshold(s[keep], self.alpha)
+        k = math.floor(self.alpha * (n + 1))
+        q = torch.quantile(s[keep].double(), torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)).tolist()
+        self.calibration = {"n": int(len(s)), "n_right": n, "alpha": self.alpha, "false_alarm_bound": k / (n + 1),
+                            "reference": reference, "margin": margin if reference else None, "steps": steps,
                             "queries": int(c.n), "statistic_quantiles": dict(zip(["q05", "q25", "q50", "q75", "q95"], q)),
+                            "statistic_right_vs_wrong_median": [float(s[keep].median()),
+                                                                float(s[~keep].median()) if (~keep).any() else None],
                             "target": bb.fingerprint().get("weights_sha256")}
         return self.threshold
 
@@ -379,9 +409,8 @@ def betting_step(history: list[float], lo: float, hi: float, max_bet: float) -> 
     n = len(history)
     if n == 0:
         return 0.0
-    h = torch.tensor(history, dtype=torch.float64)
-    mean = float(h.mean())
-    var = (((hi - lo) / 4) ** 2 + float(((h - mean) ** 2).sum())) / (n + 1)  # shrunk towards a prior variance
+    mean = sum(history) / n
+    var = (((hi - lo) / 4) ** 2 + sum((h - mean) ** 2 for h in history)) / (n + 1)  # shrunk towards a prior variance
     return min(max(mean / (var + mean * mean), 0.0), max_bet / -lo)
 
 

@@ -56,7 +56,7 @@ def test_conformal_threshold_is_the_kth_smallest():
 def test_right_explanation_passes_shuffled_fails_with_exact_query_counts():
     bb, masker = planted_blackbox(), PatchMasker((4, 4), (1, 16, 16))
     gate = Gate(bb, masker)  # 4 fractions: 1 + 2*4 = 9 queries per input
-    gate.calibrate(oracle_scores(200), synthetic_images(200, seed=0), alpha=0.1, target=1)
+    gate.calibrate(oracle_scores(200), synthetic_images(200, seed=0), alpha=0.1, target=1, reference=None)
     x = synthetic_images(40, seed=1)
     assert (bb(x).argmax(-1) == 1).all()
     q0 = bb.queries
@@ -105,12 +105,46 @@ def test_calibration_gives_the_stated_false_alarm_rate_on_held_out_data():
     s_test, x_test = noisy(2000, 1)
     for alpha in (0.1, 0.2):
         gate = Gate(bb, masker, fallback=None)
-        gate.calibrate(s_val, x_val, alpha=alpha, target=1)
+        gate.calibrate(s_val, x_val, alpha=alpha, target=1, reference=None)
         st = gate.check(s_test, x_test, target=1)["statistic"]
         assert st.std() > 0.02 and st.unique().numel() > 1900  # continuous, not degenerate
         rate = (st < gate.threshold).float().mean().item()
         # calibration quantile sd ~ sqrt(a(1-a)/500) <= 0.018, test sd <= 0.009: 3 sd = 0.06
         assert abs(rate - alpha) < 0.06, (alpha, rate)
+
+
+@pytest.mark.slow
+def test_calibration_on_right_explanations_gives_the_stated_rate_among_right_ones():
+    """Calibrated on the validation explanations that are right against FeatureAblation (deletion
+    AUC within the margin), held-out right explanations fail at about alpha, and wrong ones
+    (a mixture of noisy and shuffled explanations) fail far more often."""
+    w = torch.linspace(-1, 2, 49)
+    bb = BlackBox(LinearPatchTarget(weights=w.tolist(), scale=0.3), num_classes=2)
+    masker = PatchMasker((7, 7), (1, 28, 28))
+
+    def world(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        s = w + 1.5 * torch.randn(n, 49, generator=g)
+        shuffled = torch.rand(n, generator=g) < 0.3
+        s[shuffled] = s[shuffled][:, torch.randperm(49, generator=g)]
+        return s, torch.rand(n, 1, 28, 28, generator=g)
+
+    s_val, x_val = world(300, 0)
+    gate = Gate(bb, masker, fallback=None)
+    gate.calibrate(s_val, x_val, alpha=0.1, target=1, margin=0.22, steps=10)
+    cal = gate.calibration
+    assert 100 < cal["n_right"] < 300 and cal["queries"] == 300 * (9 + (49 + 1) + 2 * 11)
+    s_test, x_test = world(600, 1)
+    from fex.baselines import FeatureAblation
+    from fex.metrics import deletion_auc
+
+    t = torch.ones(600, dtype=torch.long)
+    wrong = (deletion_auc(bb, masker, x_test, s_test, t, 10)
+             - deletion_auc(bb, masker, x_test, FeatureAblation(bb, masker).attribute(x_test, t), t, 10)) > 0.22
+    fail = gate.check(s_test, x_test, target=1)["statistic"] < gate.threshold
+    false_alarm = fail[~wrong].float().mean().item()
+    assert abs(false_alarm - 0.1) < 0.07, false_alarm  # sd ~0.025 (calibration) + ~0.016 (test)
+    assert fail[wrong].float().mean().item() > 0.5
 
 
 def test_sidecar_roundtrip_refuses_a_stale_checkpoint(tmp_path):
@@ -119,7 +153,7 @@ def test_sidecar_roundtrip_refuses_a_stale_checkpoint(tmp_path):
     explainer = ExplainerModule.from_checkpoint(ckpt, target=bb)
     x = torch.rand(30, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     gate = Gate(fallback=None)
-    thr = gate.calibrate(explainer, x, alpha=0.2)
+    thr = gate.calibrate(explainer, x, alpha=0.2, reference=None)
     path = gate.save(ckpt)
     assert path == sidecar_path(ckpt) and path.name == "explainer.ckpt.gate.json"
     meta = json.loads(path.read_text())
