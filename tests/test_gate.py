@@ -270,3 +270,32 @@ def test_screen_accepts_a_copy_and_rejects_the_sign_flipped_explainer(trained):
     rej = screen.run(flipped, x)
     assert rej["decision"] == "reject", rej["ratio_estimate"]
     assert acc["n"] <= 50 and rej["n"] <= 50 and rej["queries"] > 0
+
+
+def test_explain_job_verify_reports_the_gate_per_input(tmp_path):
+    """fex-explain verify=true: the checkpoint's calibrated gate runs on every input and scores.json
+    says per input whether it passed, the queries spent and which method attributed it."""
+    import numpy as np
+    from PIL import Image
+
+    from conftest import ROOT, compose
+    from fex.cli import explain_main
+    from fex.tasks.common import build_blackbox
+
+    synth = [f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]", "data=synth", "target=linear"]
+    bb = build_blackbox(compose("explain", synth + ["checkpoint=x", "input=x"]).target, 2)
+    ckpt = make_checkpoint(tmp_path / "explainer.ckpt", bb)
+    explainer = ExplainerModule.from_checkpoint(ckpt, target=bb)
+    gate = Gate(fallback="feature_ablation")
+    gate.calibrate(explainer, torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(0)), reference=None)
+    gate.threshold = 1e9  # every explanation fails: each input pays the check and the fallback
+    gate.save(ckpt)
+    d = tmp_path / "images"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(d / name)
+    out = tmp_path / "out"
+    assert explain_main(synth + [f"checkpoint={ckpt}", f"input={d}", f"output_dir={out}", "verify=true"]) == 0
+    res = json.loads((out / "scores.json").read_text())["explained"]
+    assert [(r["gate_passed"], r["gate_queries"], r["method"]) for r in res] == [(False, 9 + 49 + 1, "feature_ablation")] * 2

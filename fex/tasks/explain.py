@@ -61,7 +61,14 @@ def _report(skipped: list[dict], name: str, why: str) -> None:
     print(f"warning: skipped {name}: {why}", file=sys.stderr)
 
 
-def explain_images(explainer: ExplainerModule, files: list[Path], out: Path, batch_size: int) -> dict:
+def gate_fields(exp: dict, i: int) -> dict:
+    """Per-input trust-gate outcome (``verify=``): passed, queries spent, which method attributed."""
+    if "passed" not in exp:
+        return {}
+    return {"gate_passed": bool(exp["passed"][i]), "gate_queries": int(exp["queries"][i]), "method": exp["method"][i]}
+
+
+def explain_images(explainer: ExplainerModule, files: list[Path], out: Path, batch_size: int, verify: Any = None) -> dict:
     masker = explainer.masker
     shape = getattr(masker, "input_shape", None)
     if shape is None:
@@ -77,7 +84,7 @@ def explain_images(explainer: ExplainerModule, files: list[Path], out: Path, bat
     for s in range(0, len(items), batch_size):
         names = [n for n, _ in items[s:s + batch_size]]
         x = torch.stack([t for _, t in items[s:s + batch_size]])
-        exp = explainer.explain(x)
+        exp = explainer.explain(x, verify=verify)
         probs = explainer.blackbox(x) if explainer.blackbox is not None else None
         for i, name in enumerate(names):
             cls = int(exp["target"][i])
@@ -85,12 +92,12 @@ def explain_images(explainer: ExplainerModule, files: list[Path], out: Path, bat
                                out / f"{Path(name).stem}.heatmap.png")
             results.append({"file": name, "target": cls,
                             "probability": None if probs is None else float(probs[i, cls]),
-                            "scores": exp["scores"][i].tolist(), "heatmap": png.name})
+                            "scores": exp["scores"][i].tolist(), "heatmap": png.name, **gate_fields(exp, i)})
             scores_all.append(exp["scores"][i].numpy())
     return {"results": results, "skipped": skipped, "scores": scores_all}
 
 
-def explain_texts(explainer: ExplainerModule, texts: list[str], name: str, batch_size: int) -> dict:
+def explain_texts(explainer: ExplainerModule, texts: list[str], name: str, batch_size: int, verify: Any = None) -> dict:
     """Explain texts (from a file, or one sentence given on the command line) word by word."""
     masker = explainer.masker
     if not hasattr(masker, "encode"):
@@ -108,10 +115,11 @@ def explain_texts(explainer: ExplainerModule, texts: list[str], name: str, batch
         if not good:
             continue
         x = masker.encode([t for _, t in good])
-        exp = explainer.explain(x)
+        exp = explainer.explain(x, verify=verify)
         for i, (j, t) in enumerate(good):
             n = int(exp["valid"][i].sum())
-            rec = {"line": j + 1, "text": t, "target": int(exp["target"][i]), "scores": exp["scores"][i, :n].tolist()}
+            rec = {"line": j + 1, "text": t, "target": int(exp["target"][i]), "scores": exp["scores"][i, :n].tolist(),
+                   **gate_fields(exp, i)}
             if "words" in x:
                 rec["words"] = list(x["words"][i])
             results.append(rec)
@@ -132,23 +140,28 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
                                                 allow_target_mismatch=bool(cfg.allow_target_mismatch))
     out.mkdir(parents=True, exist_ok=True)
     bs = int(cfg.batch_size)
+    verify = None
+    if cfg.get("verify"):  # the calibrated trust gate of this checkpoint (<checkpoint>.gate.json)
+        from fex.gate import Gate
+
+        verify = Gate.load(os.path.expanduser(str(cfg.checkpoint)))
     if sentence is not None:
         if hasattr(explainer.masker, "encode"):
             explainer.masker.encode([str(sentence)])  # a bad sentence is the error itself, not a skipped row
-        res = explain_texts(explainer, [str(sentence)], "text", bs)
+        res = explain_texts(explainer, [str(sentence)], "text", bs, verify)
     elif src.is_dir():
         files = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
             raise DataError(f"no files in {src}")
-        res = explain_images(explainer, files, out, bs)
+        res = explain_images(explainer, files, out, bs, verify)
     elif src.suffix.lower() in TEXT_EXTS:
         try:
             texts = read_texts(src)
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise DataError(f"cannot read {src}: {exc}") from exc
-        res = explain_texts(explainer, texts, src.name, bs)
+        res = explain_texts(explainer, texts, src.name, bs, verify)
     elif src.suffix.lower() in IMAGE_EXTS:
-        res = explain_images(explainer, [src], out, bs)
+        res = explain_images(explainer, [src], out, bs, verify)
     else:
         raise DataError(f"{src}: expected a folder of images, an image, or a .txt/.csv file")
     if not res["results"]:
