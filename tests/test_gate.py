@@ -299,3 +299,29 @@ def test_explain_job_verify_reports_the_gate_per_input(tmp_path):
     assert explain_main(synth + [f"checkpoint={ckpt}", f"input={d}", f"output_dir={out}", "verify=true"]) == 0
     res = json.loads((out / "scores.json").read_text())["explained"]
     assert [(r["gate_passed"], r["gate_queries"], r["method"]) for r in res] == [(False, 9 + 49 + 1, "feature_ablation")] * 2
+
+
+def test_gate_on_words_with_variable_lengths():
+    """Modality-free: on text (word features, padded batches) the planted word's explanation passes,
+    one that puts the planted word last fails, and each input costs exactly 1 + 2J queries plus its
+    own n + 1 FeatureAblation queries (n = its number of words) when it fails."""
+    pytest.importorskip("transformers")
+    from fex.maskers.text import WordMasker
+    from text_helpers import planted_word_blackbox, synthetic_sentences
+
+    masker = WordMasker(mode="drop")
+    bb = BlackBox(planted_word_blackbox(), output="probs", num_classes=2)
+    texts = synthetic_sentences(12, seed=0)
+    x = masker.encode(texts)
+    valid = masker.valid(x)
+    planted = torch.tensor([[w == "great" for w in ws] + [False] * (valid.shape[1] - len(ws)) for ws in x["words"]])
+    right = planted.float() + 0.01 * torch.rand(valid.shape, generator=torch.Generator().manual_seed(0))
+    gate = Gate(bb, masker, fractions=(0.1, 0.3), threshold=0.5)  # 5 queries per check
+    ok = gate.verify(right * valid, x, target=1)
+    assert ok["passed"].all() and ok["queries"].tolist() == [5] * 12
+    q0 = bb.queries
+    bad = gate.verify((1 - right) * valid, x, target=1)  # the planted word ranked last
+    n = valid.sum(1)
+    assert not bad["passed"].any() and bad["queries"].tolist() == (5 + n + 1).tolist()
+    assert bb.queries - q0 == int((5 + n + 1).sum())
+    assert (bad["scores"].argmax(1) == planted.float().argmax(1)).all()  # the fallback finds the word
