@@ -203,8 +203,7 @@ class ExplainerModule(pl.LightningModule):
         masks = masks * valid.unsqueeze(1).to(masks.dtype)
         centre = torch.full_like(masks, 0.5 if o.sampler == "paired_uniform" else
                                  (0.0 if o.sampler == "shapley_kernel" else o.keep_rate))
-        roll = {"cls": cls, "valid": valid, "masks": masks, "centre": centre, "rewards": rewards,
-                "prob": rewards.new_full((1,), float("nan"))}
+        roll = {"cls": cls, "valid": valid, "masks": masks, "centre": centre, "rewards": rewards}
         if o.needs_empty:
             roll.update(r_empty=bank.recall(keys, "r_empty", dev), r_full=bank.recall(keys, "r_full", dev))
         return self._finish(roll, values, probs), p_full
@@ -232,8 +231,9 @@ class ExplainerModule(pl.LightningModule):
         self._train_queries += spent.n
         bsz = self.masker.batch_size(x)
         log = {f"train/{k}": v.detach() for k, v in parts.items()}
-        log.update({"train/prob": roll["prob"].nanmean(), "train/mask_frac": roll["mask_frac"],
-                    "train/policy_frac": roll["policy_frac"]})
+        log.update({"train/mask_frac": roll["mask_frac"], "train/policy_frac": roll["policy_frac"]})
+        if "prob" in roll:  # banked rollouts keep rewards, not the probabilities behind them
+            log["train/prob"] = roll["prob"].mean()
         self.log_dict(log, prog_bar=False, batch_size=bsz)
         self.log("train/reward", roll["rewards"].mean(), prog_bar=True, batch_size=bsz)
         self.log("train/queries", float(self._train_queries), reduce_fx="sum", sync_dist=True, batch_size=bsz)
