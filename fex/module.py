@@ -284,14 +284,21 @@ class ExplainerModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
-    def explain(self, x: Any, target: Any = None) -> dict:
+    def explain(self, x: Any, target: Any = None, verify: Any = None) -> dict:
         """One forward pass. Returns ``scores`` [B, F] (the read-out for the explained class: Bernoulli means
         or tau * logits, see :meth:`read_out`),
         ``attributions`` (input shape), ``target`` [B], ``valid`` [B, F].
 
         ``target=None`` explains the black box's prediction (one query per input) if a black box
         is attached, else the policy's class head (its KL-anchored guess of the prediction).
+        ``verify``: a :class:`fex.gate.Gate` (or this checkpoint's path, to load its calibrated
+        ``.gate.json``) checks each explanation with a few queries and falls back to a per-instance
+        method where it fails; the result then also says ``passed``/``queries``/``method`` per input.
         """
+        if verify is not None:
+            from fex.gate import as_gate
+
+            return as_gate(verify).verify(self, x, target)
         x = self.masker.prepare(x)  # validated; float64 cast to float32
         was_training = self.training
         self.eval()

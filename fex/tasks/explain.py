@@ -27,20 +27,29 @@ from fex.module import ExplainerModule
 from fex.tasks.common import build_blackbox, with_checkpoint_defaults
 
 
-def explain_items(explainer: ExplainerModule, items: list[tuple[dict, Any]], out: Path, batch_size: int) -> list[dict]:
-    """Explain ``(record, item)`` pairs in batches; one query per input for the prediction."""
+def gate_fields(exp: dict, i: int) -> dict:
+    """Per-input trust-gate outcome (``verify=``): passed, queries spent, which method attributed."""
+    if "passed" not in exp:
+        return {}
+    return {"gate_passed": bool(exp["passed"][i]), "gate_queries": int(exp["queries"][i]), "method": exp["method"][i]}
+
+
+def explain_items(explainer: ExplainerModule, items: list[tuple[dict, Any]], out: Path, batch_size: int,
+                  verify: Any = None) -> list[dict]:
+    """Explain ``(record, item)`` pairs in batches; one query per input for the prediction.
+    ``verify``: a :class:`fex.gate.Gate` that checks each explanation (its queries are its own)."""
     renderer, names = explainer.masker.renderer(), explainer.class_names
     results = []
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
         x = renderer.collate([item for _, item in chunk])
         probs = explainer.blackbox(x) if explainer.blackbox is not None else None
-        exp = explainer.explain(x, None if probs is None else probs.argmax(-1))
+        exp = explainer.explain(x, None if probs is None else probs.argmax(-1), verify=verify)
         for i, (record, _) in enumerate(chunk):
             cls, n = int(exp["target"][i]), int(exp["valid"][i].sum())
             rec = {**record, "target": cls, "class": names[cls],
                    "probability": None if probs is None else float(probs[i, cls]),
-                   "scores": exp["scores"][i, :n].tolist(), **renderer.describe(x, i)}
+                   "scores": exp["scores"][i, :n].tolist(), **renderer.describe(x, i), **gate_fields(exp, i)}
             one = explainer.masker.select(x, [i])
             drawn = renderer.save(one, exp["scores"][i:i + 1], out / Path(str(record.get("file", i))).stem,
                                   f"class {names[cls]}")
@@ -76,7 +85,12 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
         print(f"warning: skipped {s['file']}: {s['reason']}", file=sys.stderr)
     if not items:
         raise DataError(f"nothing could be explained in {src} ({len(skipped)} inputs skipped)")
-    results = explain_items(explainer, items, out, int(cfg.batch_size))
+    verify = None
+    if cfg.get("verify"):  # the calibrated trust gate of this checkpoint (<checkpoint>.gate.json)
+        from fex.gate import Gate
+
+        verify = Gate.load(os.path.expanduser(str(cfg.checkpoint)))
+    results = explain_items(explainer, items, out, int(cfg.batch_size), verify)
     keys = [str(r.get("file", r.get("line"))) for r in results]
     with atomic_write(out / "scores.npz") as fh:  # ragged (text) scores are stored one array per input
         np.savez(fh, names=np.asarray(keys), targets=np.asarray([r["target"] for r in results]),
