@@ -211,9 +211,12 @@ def markdown_table(rows: list[dict], reference: str = "kernel_shap") -> str:
         if "error" in r:
             lines.append(f"| {r['method']} | failed: {r['error'][:80]} |" + " |" * (head.count("|") - 3))
             continue
+        def pm(k: str, r: dict = r) -> str:  # mean +- spread across training seeds, where there are several
+            return f"{r[k]:.4f}" + (f" ± {r[k + '_std']:.4f}" if f"{k}_std" in r else "")
+
         lines.append(
             f"| {r['method']} | {r['sec_per_expl'] * 1e3:.3g} | {r['queries_per_expl']:.0f} | {_fmt(r['peak_mem_mib'], '.1f')} "
-            f"| {r['deletion_auc']:.4f} | {r['insertion_auc']:.4f} | {r['aopc']:.4f} | {r['comprehensiveness']:.4f} "
+            f"| {pm('deletion_auc')} | {pm('insertion_auc')} | {r['aopc']:.4f} | {r['comprehensiveness']:.4f} "
             f"| {r['sufficiency']:.4f} | {r['faithfulness_corr']:.3f} | {_fmt(r.get('speedup_vs_ref'), '.3g')}x "
             f"| {_fmt(r.get('queries_vs_ref'), '.3g')} | {_fmt(r.get('mem_vs_ref'), '.3g')} "
             f"| {_fmt(r.get('deletion_vs_ref'), '.3f')} | {_fmt(r.get('insertion_vs_ref'), '.3f')} |")
