@@ -1,0 +1,162 @@
+"""The HTTP server: LitServe with dynamic batching, a request gate in front, and a page.
+
+Routes:
+  POST /explain   explain images or texts (dynamically batched: ``max_batch_size``, ``batch_timeout``);
+                  ``"method": "kernel_shap" | "feature_ablation"`` runs that per-instance method instead
+  POST /compare   FEX and a per-instance method side by side on one input (time, queries, curves)
+  POST /gallery   the first ``n`` test-split inputs with deletion/insertion curves
+  GET  /card      the explainer's card          GET /health   200 "ok" once every worker is ready
+  GET  /          the page                      GET /info     LitServe's server info
+
+/explain and /compare are LitServe ``LitAPI`` s, each with its own inference worker process (spawned:
+the API objects carry only the checkpoint path and settings; ``setup`` loads the model in the worker);
+the request gate sends /gallery to the /compare worker.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from importlib import resources
+from typing import Any
+
+import litserve as ls
+
+from fex.serve.card import explainer_card
+from fex.serve.parse import InputSpec, RequestGate
+
+log = logging.getLogger("fex.serve")
+
+
+def _json_response(item: Any) -> Any:
+    from fex.serve.engine import ItemError
+
+    if isinstance(item, ItemError):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"detail": item.reason}, status_code=item.status)
+    return item
+
+
+class _EngineAPI(ls.LitAPI):
+    """Shared setup: load the explainer (+ black box) in the worker process."""
+
+    def __init__(self, checkpoint: str, settings: dict, api_path: str, max_batch_size: int = 1,
+                 batch_timeout: float = 0.0) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=api_path)
+        self.checkpoint = checkpoint
+        self.settings = dict(settings)
+
+    def setup(self, device: str) -> None:
+        import torch
+
+        import fex  # noqa: F401  (compat shims before anything imports lightning)
+        from fex.serve.engine import Engine
+        from fex.serve.loading import checkpoint_config, load_served_explainer
+
+        threads = self.settings.get("threads")
+        if threads:
+            torch.set_num_threads(int(threads))
+        cfg = checkpoint_config(self.checkpoint)
+        explainer = load_served_explainer(self.checkpoint, target=self.settings.get("target"),
+                                          allow_target_mismatch=bool(self.settings.get("allow_target_mismatch")))
+        if device and str(device) != "cpu":
+            explainer.to(device)
+        if self.settings.get("data"):
+            cfg["data"] = self.settings["data"]
+        self.engine = Engine(explainer, cfg, kernel_shap_samples=self.settings.get("kernel_shap_samples", 200),
+                             curve_steps=self.settings.get("curve_steps", 20),
+                             class_names=self.settings.get("class_names"))
+
+    def decode_request(self, request: dict) -> dict:
+        return request
+
+    def encode_response(self, output: Any) -> Any:
+        return _json_response(output)
+
+
+class ExplainAPI(_EngineAPI):
+    """POST /explain: dynamically batched; one policy pass per batch for FEX requests."""
+
+    def batch(self, inputs: list) -> list:
+        return list(inputs)
+
+    def predict(self, x: Any) -> Any:
+        if isinstance(x, list):
+            return self.engine.explain_many(x)
+        return self.engine.explain_many([x])[0]
+
+    def unbatch(self, output: list) -> list:
+        return list(output)
+
+
+class InspectAPI(_EngineAPI):
+    """POST /compare (FEX next to a per-instance method on one input) and POST /gallery (the request
+    gate routes it here with ``op: gallery``): the slow, unbatched path, in its own worker."""
+
+    def predict(self, x: dict) -> Any:
+        from fex.errors import FexError
+        from fex.serve.engine import ItemError
+
+        if x.get("op") == "gallery":
+            try:
+                return self.engine.gallery(int(x["n"]))
+            except FexError as exc:
+                return ItemError(404, str(exc))
+        return self.engine.compare(x)
+
+
+def settings_from(cfg: Any) -> dict:
+    from fex.tasks.common import to_dict
+
+    return {"threads": cfg.get("threads"), "kernel_shap_samples": int(cfg.kernel_shap_samples),
+            "curve_steps": int(cfg.curve_steps), "allow_target_mismatch": bool(cfg.allow_target_mismatch),
+            "target": to_dict(cfg.get("target")), "data": to_dict(cfg.get("data")),
+            "class_names": list(cfg.class_names) if cfg.get("class_names") else None}
+
+
+def page_html() -> str:
+    return resources.files("fex.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+def build_server(cfg: Any) -> ls.LitServer:
+    """conf/serve.yaml -> a LitServer (not started). Fails fast on a missing/corrupt checkpoint."""
+    from fastapi.responses import HTMLResponse, JSONResponse
+
+    from fex.serve.loading import checkpoint_config
+
+    path = os.path.abspath(os.path.expanduser(str(cfg.checkpoint)))
+    config = checkpoint_config(path)
+    spec = InputSpec.from_config(config, max_inputs=int(cfg.max_inputs), max_text_chars=int(cfg.max_text_chars))
+    settings = settings_from(cfg)
+    serving = {"max_batch_size": int(cfg.max_batch_size), "batch_timeout_s": float(cfg.batch_timeout),
+               "max_payload_bytes": int(cfg.max_payload_bytes), "max_inputs": int(cfg.max_inputs),
+               "methods": list(spec.methods), "kernel_shap_samples": settings["kernel_shap_samples"]}
+    card = explainer_card(path, cfg.get("card_metrics"), serving)
+    if settings["data"]:
+        card["data"] = {k: settings["data"].get(k) for k in ("_target_", "source") if k in settings["data"]}
+    apis = [ExplainAPI(path, settings, "/explain", int(cfg.max_batch_size), float(cfg.batch_timeout)),
+            InspectAPI(path, settings, "/compare")]
+    gate = (RequestGate, {"spec": spec, "paths": {"/explain": "input", "/compare": "input", "/gallery": "gallery"},
+                          "max_bytes": int(cfg.max_payload_bytes), "gallery_max": int(cfg.gallery_max)})
+    server = ls.LitServer(apis, accelerator=str(cfg.accelerator), workers_per_device=int(cfg.workers),
+                          timeout=float(cfg.timeout), middlewares=[gate], fast_queue=bool(cfg.fast_queue),
+                          model_metadata={"explainer": path, "modality": spec.modality})
+    html = page_html()
+
+    @server.app.get("/card")
+    async def card_route() -> JSONResponse:
+        return JSONResponse(card)
+
+    @server.app.get("/")
+    async def page() -> HTMLResponse:
+        return HTMLResponse(html)
+
+    return server
+
+
+def serve(cfg: Any) -> None:
+    server = build_server(cfg)
+    print(f"fex-serve: http://{cfg.host}:{cfg.port}/ (explainer {cfg.checkpoint}; "
+          f"batches of up to {cfg.max_batch_size}, {float(cfg.batch_timeout) * 1e3:g} ms timeout)", flush=True)
+    server.run(host=str(cfg.host), port=int(cfg.port), num_api_servers=int(cfg.api_servers),
+               log_level=str(cfg.log_level), generate_client_file=False)

@@ -1,0 +1,122 @@
+"""Tiny explainer checkpoints and a server process for the serving tests (tests/test_serve*.py)."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+IMAGE_TARGET = {"model": {"_target_": "tests.synth.LinearPatchTarget"}, "output": "logits", "max_batch_size": 1024}
+IMAGE_DATA = {"_target_": "fex.data.mnist.MNISTDataModule", "batch_size": 64, "val_size": 500, "test_size": 1000,
+              "seed": 0, "num_workers": 0, "limit": None, "num_classes": 2, "input_shape": [1, 28, 28]}
+TEXT_TARGET = {"model": {"_target_": "fex.targets.text.TextCallable",
+                         "fn": {"_target_": "hydra.utils.get_method", "path": "tests.text_helpers.planted_great"}},
+               "output": "probs", "max_batch_size": 256}
+
+
+def image_checkpoint(path, seed: int = 0) -> str:
+    """An untrained 7x7-patch explainer of a linear 2-class target on MNIST-shaped images."""
+    from hydra.utils import instantiate
+
+    from fex.module import CKPT_KEY, CKPT_VERSION, ExplainerModule
+    from fex.tasks.common import build_blackbox
+
+    torch.manual_seed(seed)
+    bb = build_blackbox(IMAGE_TARGET, num_classes=2)
+    config = {
+        "masker": {"_target_": "fex.maskers.image.PatchMasker", "grid": [7, 7], "input_shape": [1, 28, 28]},
+        "policy": {"_target_": "fex.policy.Policy", "num_classes": 2, "hidden": 16,
+                   "backbone": {"_target_": "fex.policy.ConvBackbone", "in_channels": 1, "width": 8, "depth": 1,
+                                "out_dim": 16, "global_pool": 2}},
+        "objective": {}, "target": IMAGE_TARGET, "data": IMAGE_DATA, "num_classes": 2,
+    }
+    policy = instantiate({k: v for k, v in config["policy"].items() if k != "backbone"},
+                         backbone=instantiate(config["policy"]["backbone"]))
+    module = ExplainerModule(policy=policy, masker=instantiate(config["masker"]), blackbox=bb, config=config)
+    torch.save({"state_dict": module.state_dict(), "epoch": 0, "global_step": 0,
+                CKPT_KEY: {"version": CKPT_VERSION, "config": config, "target": bb.fingerprint()}}, path)
+    return str(path)
+
+
+def text_checkpoint(path, seed: int = 0) -> str:
+    """An untrained word explainer (tiny embedding policy) of a planted-word 2-class text target."""
+    from hydra.utils import instantiate
+
+    from fex.module import CKPT_KEY, CKPT_VERSION, ExplainerModule
+    from fex.tasks.common import build_blackbox
+
+    torch.manual_seed(seed)
+    bb = build_blackbox(TEXT_TARGET, num_classes=2)
+    config = {
+        "masker": {"_target_": "fex.maskers.text.WordMasker", "tokenizer": None, "mode": "mask_token",
+                   "max_length": 32, "too_long": "truncate"},
+        "policy": {"_target_": "fex.policy.Policy", "num_classes": 2, "hidden": 16,
+                   "backbone": {"_target_": "fex.policy.text.WordEmbeddingBackbone", "dim": 16}},
+        "objective": {}, "target": TEXT_TARGET, "num_classes": 2,
+    }
+    policy = instantiate({k: v for k, v in config["policy"].items() if k != "backbone"},
+                         backbone=instantiate(config["policy"]["backbone"]))
+    module = ExplainerModule(policy=policy, masker=instantiate(config["masker"]), blackbox=bb, config=config)
+    torch.save({"state_dict": module.state_dict(), "epoch": 0, "global_step": 0,
+                CKPT_KEY: {"version": CKPT_VERSION, "config": config, "target": bb.fingerprint()}}, path)
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``python -m fex.serve`` on 127.0.0.1 at a free port; stopped (its process group) on exit."""
+
+    def __init__(self, checkpoint: str, *overrides: str, log: Path | None = None, ready_s: float = 240) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        self.log = open(log or os.devnull, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "fex.serve", f"checkpoint={checkpoint}",
+                                      f"port={self.port}", "threads=1", *overrides], cwd=ROOT, env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_ready(ready_s)
+
+    def wait_ready(self, limit: float) -> None:
+        t0 = time.time()
+        while time.time() - t0 < limit:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"server not ready after {limit:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            import signal
+
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
