@@ -95,7 +95,7 @@ class Engine:
     # ------------------------------------------------------------------ explain
     def _result(self, x: Any, i: int, scores: torch.Tensor, cls: int, probs: torch.Tensor, want_map: bool,
                 truncated: bool, method: str, queries: int, time_ms: float, verdict: Any = None,
-                attributions: torch.Tensor | None = None) -> dict:
+                attributions: torch.Tensor | None = None, batch: int = 1) -> dict:
         pred = int(probs[i].argmax())
         res = {"method": method, "class": cls, "label": self.name(cls), "probability": float(probs[i, cls]),
                "predicted_class": pred, "predicted_label": self.name(pred),
@@ -113,6 +113,7 @@ class Engine:
             res["scores"] = _floats(scores[i, :n])
             res["truncated"] = bool(truncated)
         res["verdict"] = verdict
+        res["batch"] = int(batch)
         return res
 
     def _fex(self, x: Any, targets: list[int | None], want_maps: list[bool], truncated: list[bool]) -> list[dict]:
@@ -127,7 +128,7 @@ class Engine:
         dt = (time.perf_counter() - t0) * 1e3 / max(1, len(targets))
         verdicts = gate_verdicts(self, x, out) or [None] * len(targets)
         return [self._result(x, i, out["scores"], int(t[i]), probs, want_maps[i], truncated[i], "fex", 1, dt,
-                             verdicts[i], out["attributions"] if self.modality == "image" else None)
+                             verdicts[i], out["attributions"] if self.modality == "image" else None, len(targets))
                 for i in range(len(targets))]
 
     def method(self, name: str) -> Any:

@@ -147,6 +147,9 @@ def build_server(cfg: Any) -> ls.LitServer:
     async def card_route() -> JSONResponse:
         return JSONResponse(card)
 
+    # the page replaces LitServe's own "litserve running" index
+    server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]
+
     @server.app.get("/")
     async def page() -> HTMLResponse:
         return HTMLResponse(html)

