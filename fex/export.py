@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,8 @@ def export_onnx(explainer: Any, path: str | os.PathLike, opset: int = 18) -> Pat
     dyn = {n: {0: "batch", 1: "tokens"} if _is_text(explainer.masker) else {0: "batch"} for n in names}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants
             torch.onnx.export(graph, inputs, str(tmp), input_names=names, output_names=[OUTPUT],
                               dynamic_axes={**dyn, OUTPUT: {0: "batch"}}, opset_version=opset, dynamo=False)
         os.replace(tmp, path)

@@ -1,12 +1,6 @@
 """Tiny explainer checkpoints and a server process for the serving tests (tests/test_serve*.py)."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import torch
@@ -69,54 +63,9 @@ def text_checkpoint(path, seed: int = 0) -> str:
     return str(path)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def Server(checkpoint: str, *overrides: str, log: Path | None = None, ready_s: float = 300):
+    """The server on 127.0.0.1 at a free port (one torch thread per worker)."""
+    from fex.serve.process import ServerProcess
 
-
-class Server:
-    """``python -m fex.serve`` on 127.0.0.1 at a free port; stopped (its process group) on exit."""
-
-    def __init__(self, checkpoint: str, *overrides: str, log: Path | None = None, ready_s: float = 240) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        self.log = open(log or os.devnull, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "fex.serve", f"checkpoint={checkpoint}",
-                                      f"port={self.port}", "threads=1", *overrides], cwd=ROOT, env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_ready(ready_s)
-
-    def wait_ready(self, limit: float) -> None:
-        t0 = time.time()
-        while time.time() - t0 < limit:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"server not ready after {limit:.0f} s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            import signal
-
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.log.close()
-
-    def __enter__(self) -> "Server":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    return ServerProcess(checkpoint, "threads=1", *overrides, log=log, ready_s=ready_s,
+                         env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})

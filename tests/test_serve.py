@@ -137,6 +137,13 @@ def test_batched_request_and_dynamic_batching_match_single(image_server, local):
     assert len(got) == MAX_INPUTS and all("map" not in r for r in got)
     np.testing.assert_allclose([r["scores"] for r in got], scores, atol=2e-6)
     assert [r["class"] for r in got] == target.tolist()
+    buf = io.BytesIO()
+    np.save(buf, x[:, None])  # the binary path: [N, 1, 28, 28] as .npy, options in the query string
+    status, res = post(image_server.url + "/explain?map=false&target=0", buf.getvalue(), "application/x-npy")
+    assert status == 200, res
+    want0 = local.explain(torch.from_numpy(x[:, None]), target=torch.zeros(len(x), dtype=torch.long))["scores"]
+    np.testing.assert_allclose([r["scores"] for r in res["explanations"]], want0.numpy(), atol=2e-6)
+    assert {r["class"] for r in res["explanations"]} == {0}
 
     # concurrent single-image requests: LitServe groups them (batch_timeout=0.2 s); answers do not change
     results: list = [None] * MAX_INPUTS
@@ -166,6 +173,12 @@ def test_given_target_class(image_server, local):
     np.testing.assert_allclose(res["scores"], want, atol=2e-6)
 
 
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
 def _bad_requests():
     x = digits(1)[0]
     nan = x.copy()
@@ -183,6 +196,8 @@ def _bad_requests():
         ("not json", b"{not json", "application/json", 400, "JSON"),
         ("json array", [1, 2, 3], "application/json", 422, "object"),
         ("unsupported type", b"abc", "application/xml", 415, "content type"),
+        ("corrupt npy", b"\x93NUMPY garbage", "application/x-npy", 400, "npy"),
+        ("npy of wrong shape", _npy(np.zeros((2, 3, 28, 28), np.float32)), "application/x-npy", 422, "shape"),
         ("oversized payload", big, "application/json", 413, "limit"),
         ("too many images", {"images": [x.tolist()] * (MAX_INPUTS + 1)}, "application/json", 413, "limit"),
         ("target out of range", {"image": x.tolist(), "target": 5}, "application/json", 422, "range"),

@@ -14,7 +14,12 @@ plus ``target`` (None or one class per input), ``method`` and ``map``. What a cl
   input), ``"method"`` (``fex`` or a per-instance method) and ``"map": false`` (omit the input-shaped map).
 * ``multipart/form-data``: a file field ``image`` (PNG/JPEG) or a field ``text``, and optionally
   ``target`` / ``method`` fields.
-* a raw ``image/png`` / ``image/jpeg`` body, or a ``text/plain`` body.
+* a raw ``image/png`` / ``image/jpeg`` body, a ``text/plain`` body, or ``application/x-npy`` (a NumPy
+  ``.npy`` array of N images ``[N, C, H, W]`` or one ``[C, H, W]`` / ``[H, W]``: the fast path for
+  many images, no JSON number parsing).
+
+For bodies other than JSON, ``target``, ``method`` and ``map`` may be given as query parameters
+(``/explain?method=kernel_shap&map=false``).
 
 Encoded images are converted to the explainer's channels and resized to its input size (as
 ``fex-explain`` does), scaled to [0, 1]; arrays must already have the exact shape.
@@ -226,10 +231,43 @@ async def from_form(form: Any, spec: InputSpec) -> dict:
     return canonical(spec, texts=[check_text(text, spec)], **opts)
 
 
+def images_from_npy(body: bytes, spec: InputSpec) -> list[np.ndarray]:
+    c, h, w = spec.input_shape
+    try:
+        arr = np.load(io.BytesIO(body), allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - anything np.load refuses
+        raise RequestError(400, f"body is not a readable .npy array ({type(exc).__name__})") from exc
+    if arr.dtype.kind not in "fiu":
+        raise RequestError(422, f".npy array has dtype {arr.dtype}; send numbers")
+    if c == 1 and arr.ndim in (2, 3):  # [H, W] or [N, H, W]
+        arr = arr.reshape(-1, 1, *arr.shape[-2:])
+    elif arr.ndim == 3:  # [C, H, W]
+        arr = arr[None]
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != (c, h, w):
+        raise RequestError(422, f".npy array has shape {list(arr.shape)}; this explainer expects [N, {c}, {h}, {w}]")
+    if len(arr) > spec.max_inputs:
+        raise RequestError(413, f"{len(arr)} inputs in one request, more than the limit of {spec.max_inputs}")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise RequestError(422, "the .npy images contain NaN or Inf values")
+    return list(arr)
+
+
+def query_options(query: str) -> dict:
+    from urllib.parse import parse_qs
+
+    q = {k: v[-1] for k, v in parse_qs(query or "").items()}
+    out: dict[str, Any] = {"target": q.get("target"), "method": q.get("method")}
+    if "map" in q:
+        out["want_map"] = q["map"].lower() not in ("false", "0", "no")
+    return out
+
+
 async def parse_body(body: bytes, content_type: str, spec: InputSpec,
-                     form_parser: Callable[[], Awaitable[Any]] | None = None) -> dict:
+                     form_parser: Callable[[], Awaitable[Any]] | None = None, query: str = "") -> dict:
     """Raw request -> canonical body (see the module docstring) or :class:`RequestError`."""
     ctype = (content_type or "").split(";")[0].strip().lower()
+    opts = query_options(query)
     if ctype in ("application/json", ""):
         if not body.strip():
             raise RequestError(400, "empty request body")
@@ -246,10 +284,12 @@ async def parse_body(body: bytes, content_type: str, spec: InputSpec,
         except Exception as exc:  # noqa: BLE001 - malformed multipart
             raise RequestError(400, f"malformed multipart body ({type(exc).__name__})") from exc
         return await from_form(form, spec)
-    if ctype in ("image/png", "image/jpeg", "image/jpg", "application/octet-stream"):
+    if ctype in ("image/png", "image/jpeg", "image/jpg", "application/octet-stream", "application/x-npy"):
         if spec.modality != "image":
             raise RequestError(415, "this explainer explains text; send text/plain or JSON {\"text\": ...}")
-        return canonical(spec, images=[decode_image_bytes(body, spec.input_shape)])
+        if ctype == "application/x-npy":
+            return canonical(spec, images=images_from_npy(body, spec), **opts)
+        return canonical(spec, images=[decode_image_bytes(body, spec.input_shape)], **opts)
     if ctype == "text/plain":
         if spec.modality != "text":
             raise RequestError(415, "this explainer explains images; send an image or JSON {\"image\": ...}")
@@ -257,7 +297,7 @@ async def parse_body(body: bytes, content_type: str, spec: InputSpec,
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise RequestError(400, "text/plain body is not UTF-8") from exc
-        return canonical(spec, texts=[check_text(text, spec)])
+        return canonical(spec, texts=[check_text(text, spec)], **opts)
     raise RequestError(415, f"unsupported content type {ctype!r}; send JSON, multipart/form-data, an image or text/plain")
 
 
@@ -314,7 +354,8 @@ class RequestGate:
                 scope = {**scope, "path": self.gallery_to, "raw_path": self.gallery_to.encode()}
             else:
                 canon = await parse_body(body, headers.get("content-type", ""), self.spec,
-                                         form_parser=lambda: self._form(scope, body))
+                                         form_parser=lambda: self._form(scope, body),
+                                         query=scope.get("query_string", b"").decode("latin-1"))
         except RequestError as err:
             await self._reply(send, err.status, {"detail": err.reason})
             return

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from importlib import resources
 from typing import Any
 
@@ -134,6 +135,7 @@ def build_server(cfg: Any) -> ls.LitServer:
     card = explainer_card(path, cfg.get("card_metrics"), serving)
     if settings["data"]:
         card["data"] = {k: settings["data"].get(k) for k in ("_target_", "source") if k in settings["data"]}
+    warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch")  # max_batch_size=1 is fine
     apis = [ExplainAPI(path, settings, "/explain", int(cfg.max_batch_size), float(cfg.batch_timeout)),
             InspectAPI(path, settings, "/compare")]
     gate = (RequestGate, {"spec": spec, "paths": {"/explain": "input", "/compare": "input", "/gallery": "gallery"},
