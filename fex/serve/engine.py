@@ -36,11 +36,23 @@ class ItemError:
         return f"ItemError({self.status}, {self.reason!r})"
 
 
-def gate_verdicts(engine: "Engine", x: Any, out: dict) -> list[Any] | None:
-    """The trust gate's verdict per input, when a gate is available (``fex.gate``); else None.
+def gate_verdicts(engine: "Engine", x: Any, out: dict) -> list[dict] | None:
+    """The trust gate's verdict per input (``fex.gate``, calibrated for this checkpoint), else None.
 
-    One hook, so that wiring the gate in touches only this function."""
-    return None
+    The gate spends its own black-box queries (``1 + 2J`` per input, batched); they are reported in
+    the verdict, not in the explanation's ``queries``. A verdict: ``passed``, ``statistic``,
+    ``threshold``, ``queries``."""
+    gate = engine.gate
+    if gate is None:
+        return None
+    try:
+        chk = gate.check(out["scores"], x, out["target"])
+    except FexError as exc:
+        log.warning("trust gate failed: %s", exc)
+        return None
+    thr = float(gate.threshold)
+    return [{"passed": bool(float(s) >= thr), "statistic": round(float(s), 5), "threshold": round(thr, 5),
+             "queries": int(q)} for s, q in zip(chk["statistic"], chk["queries"])]
 
 
 def _floats(t: torch.Tensor, digits: int = 6) -> list:
@@ -56,10 +68,11 @@ class Engine:
         kernel_shap_samples: KernelShap coalitions per explanation (= queries).
         curve_steps: points on deletion/insertion curves (at most F).
         class_names: names of the classes (default: their indices).
+        gate: the trust gate (see :func:`gate_verdicts`), or None.
     """
 
     def __init__(self, explainer: Any, config: dict | None = None, kernel_shap_samples: int = 200,
-                 curve_steps: int = 20, class_names: list[str] | None = None) -> None:
+                 curve_steps: int = 20, class_names: list[str] | None = None, gate: Any = None) -> None:
         self.explainer = explainer
         self.blackbox = explainer.blackbox
         self.masker = explainer.masker
@@ -68,6 +81,7 @@ class Engine:
         self.kernel_shap_samples = int(kernel_shap_samples)
         self.curve_steps = int(curve_steps)
         self.class_names = list(class_names) if class_names else None
+        self.gate = gate  # a calibrated fex.gate.Gate (``check(scores, x, target)``, ``threshold``) or None
         self._gallery: dict | None = None
         self._datamodule: Any = None
 

@@ -10,8 +10,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fex.errors import CheckpointError
+import logging
+
+from fex.errors import CheckpointError, ConfigError, FexError
 from fex.module import CKPT_KEY, ExplainerModule, load_checkpoint_dict
+
+
+log = logging.getLogger("fex.serve")
+GATE_MODES = ("auto", "on", "off")
 
 
 def checkpoint_config(path: str | os.PathLike) -> dict:
@@ -38,3 +44,28 @@ def load_served_explainer(path: str | os.PathLike, target: Any = None, num_class
     n = num_classes if num_classes is not None else cfg.get("num_classes") or cfg.get("policy", {}).get("num_classes")
     blackbox = build_blackbox(tcfg, num_classes=int(n) if n is not None else None)
     return ExplainerModule.from_checkpoint(path, target=blackbox, allow_target_mismatch=allow_target_mismatch)
+
+
+def load_gate(path: str | os.PathLike, explainer: ExplainerModule, mode: Any = "auto") -> Any:
+    """The trust gate calibrated for this checkpoint (``fex.gate.Gate.load``: ``<checkpoint>.gate.json``).
+
+    ``auto``: the gate when fex has one and a calibration exists, else None; ``on``: required;
+    ``off``: None."""
+    mode = {False: "off", True: "on", None: "off"}.get(mode, mode) if isinstance(mode, (bool, type(None))) else str(mode)
+    if mode not in GATE_MODES:
+        raise ConfigError(f"gate must be one of {GATE_MODES}, got {mode!r}")
+    if mode == "off":
+        return None
+    try:
+        from fex.gate import Gate
+    except ImportError as exc:
+        if mode == "on":
+            raise ConfigError("gate=on but this fex has no trust gate (fex.gate)") from exc
+        return None
+    try:
+        return Gate.load(os.path.expanduser(str(path)), blackbox=explainer.blackbox, masker=explainer.masker)
+    except FexError as exc:
+        if mode == "on":
+            raise
+        log.info("no trust gate: %s", exc)
+        return None

@@ -52,7 +52,7 @@ class _EngineAPI(ls.LitAPI):
 
         import fex  # noqa: F401  (compat shims before anything imports lightning)
         from fex.serve.engine import Engine
-        from fex.serve.loading import checkpoint_config, load_served_explainer
+        from fex.serve.loading import checkpoint_config, load_gate, load_served_explainer
 
         threads = self.settings.get("threads")
         if threads:
@@ -66,7 +66,8 @@ class _EngineAPI(ls.LitAPI):
             cfg["data"] = self.settings["data"]
         self.engine = Engine(explainer, cfg, kernel_shap_samples=self.settings.get("kernel_shap_samples", 200),
                              curve_steps=self.settings.get("curve_steps", 20),
-                             class_names=self.settings.get("class_names"))
+                             class_names=self.settings.get("class_names"),
+                             gate=load_gate(self.checkpoint, explainer, self.settings.get("gate", "auto")))
 
     def decode_request(self, request: dict) -> dict:
         return request
@@ -112,7 +113,7 @@ def settings_from(cfg: Any) -> dict:
     return {"threads": cfg.get("threads"), "kernel_shap_samples": int(cfg.kernel_shap_samples),
             "curve_steps": int(cfg.curve_steps), "allow_target_mismatch": bool(cfg.allow_target_mismatch),
             "target": to_dict(cfg.get("target")), "data": to_dict(cfg.get("data")),
-            "class_names": list(cfg.class_names) if cfg.get("class_names") else None}
+            "class_names": list(cfg.class_names) if cfg.get("class_names") else None, "gate": cfg.get("gate", "auto")}
 
 
 def page_html() -> str:
@@ -131,17 +132,18 @@ def build_server(cfg: Any) -> ls.LitServer:
     settings = settings_from(cfg)
     serving = {"max_batch_size": int(cfg.max_batch_size), "batch_timeout_s": float(cfg.batch_timeout),
                "max_payload_bytes": int(cfg.max_payload_bytes), "max_inputs": int(cfg.max_inputs),
-               "methods": list(spec.methods), "kernel_shap_samples": settings["kernel_shap_samples"]}
+               "methods": list(spec.methods), "kernel_shap_samples": settings["kernel_shap_samples"],
+               "gate": settings["gate"], "gate_calibration": os.path.isfile(path + ".gate.json")}
     card = explainer_card(path, cfg.get("card_metrics"), serving)
     if settings["data"]:
         card["data"] = {k: settings["data"].get(k) for k in ("_target_", "source") if k in settings["data"]}
     warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch")  # max_batch_size=1 is fine
     apis = [ExplainAPI(path, settings, "/explain", int(cfg.max_batch_size), float(cfg.batch_timeout)),
             InspectAPI(path, settings, "/compare")]
-    gate = (RequestGate, {"spec": spec, "paths": {"/explain": "input", "/compare": "input", "/gallery": "gallery"},
+    request_gate = (RequestGate, {"spec": spec, "paths": {"/explain": "input", "/compare": "input", "/gallery": "gallery"},
                           "max_bytes": int(cfg.max_payload_bytes), "gallery_max": int(cfg.gallery_max)})
     server = ls.LitServer(apis, accelerator=str(cfg.accelerator), workers_per_device=int(cfg.workers),
-                          timeout=float(cfg.timeout), middlewares=[gate], fast_queue=bool(cfg.fast_queue),
+                          timeout=float(cfg.timeout), middlewares=[request_gate], fast_queue=bool(cfg.fast_queue),
                           model_metadata={"explainer": path, "modality": spec.modality})
     html = page_html()
 
