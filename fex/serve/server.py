@@ -14,6 +14,7 @@ the request gate sends /gallery to the /compare worker.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -21,6 +22,7 @@ from importlib import resources
 from typing import Any
 
 import litserve as ls
+from starlette.responses import Response
 
 from fex.serve.card import explainer_card
 from fex.serve.parse import InputSpec, RequestGate
@@ -28,14 +30,14 @@ from fex.serve.parse import InputSpec, RequestGate
 log = logging.getLogger("fex.serve")
 
 
-def _json_response(item: Any) -> Any:
+def _json_response(item: Any) -> Response:
+    """A result as ready JSON bytes (serialised in the worker: FastAPI's per-element encoder is far
+    slower for long lists of floats), or an :class:`~fex.serve.engine.ItemError` as its 4xx/5xx."""
     from fex.serve.engine import ItemError
 
     if isinstance(item, ItemError):
-        from starlette.responses import JSONResponse
-
-        return JSONResponse({"detail": item.reason}, status_code=item.status)
-    return item
+        return Response(json.dumps({"detail": item.reason}), status_code=item.status, media_type="application/json")
+    return Response(json.dumps(item, separators=(",", ":")), media_type="application/json")
 
 
 class _EngineAPI(ls.LitAPI):
@@ -72,7 +74,7 @@ class _EngineAPI(ls.LitAPI):
     def decode_request(self, request: dict) -> dict:
         return request
 
-    def encode_response(self, output: Any) -> Any:
+    def encode_response(self, output: Any) -> Response:
         return _json_response(output)
 
 
