@@ -13,7 +13,8 @@ Scenarios (each against a fresh server started by this script; one line of the t
 * ``mnist batched``: 64 images per request, as JSON and as a binary ``.npy`` body (explanations/s is
   what counts);
 * ``mnist kernel_shap``: KernelShap(200) behind the same endpoint (``"method": "kernel_shap"``);
-* the same for text (``target=minilm_sentiment``: the cached fine-tuned MiniLM; words as features).
+* the same for text (``target=minilm_sentiment``: the cached fine-tuned MiniLM; words as features);
+* and, not timed, the policy exported to ONNX: largest score difference to the explainer's.
 
 The client is open-loop: request i is sent at ``start + i / rate`` whether or not earlier ones
 have returned (a thread pool of ``--concurrency`` connections), so queueing shows up as latency.
@@ -189,6 +190,33 @@ def scenario(checkpoint: str, server_args: list[str], loads: list[tuple[str, tup
     return rows
 
 
+def export_check(checkpoint: str, out: Path, name: str) -> dict:
+    """Export the checkpoint's policy to ONNX and compare its scores with the explainer's (every class)."""
+    import onnxruntime as ort
+    import torch
+
+    from fex.export import export_onnx
+    from fex.module import ExplainerModule
+
+    explainer = ExplainerModule.from_checkpoint(checkpoint)
+    path = export_onnx(explainer, out / f"{name}.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    if hasattr(explainer.masker, "encode"):
+        x = explainer.masker.encode(TEXTS)
+        feeds = {k: x[k].numpy() for k in ("input_ids", "attention_mask", "word_ids")}
+    else:
+        x = torch.rand(64, *explainer.masker.input_shape, generator=torch.Generator().manual_seed(0))
+        feeds = {"x": x.numpy()}
+    keep = sess.run(None, feeds)[0]
+    valid = explainer.masker.valid(x).numpy()
+    diff = 0.0
+    for c in range(keep.shape[2]):
+        want = explainer.explain(x, target=torch.full((len(keep),), c))["scores"].numpy()
+        got = keep[:, :want.shape[1], c] * valid
+        diff = max(diff, float(np.abs(got - want).max()))
+    return {"model": name, "onnx": str(path), "max_abs_diff": diff, "inputs": int(len(keep))}
+
+
 def markdown(rows: list[dict]) -> str:
     head = "| scenario | rate (req/s) | sent | failed | p50 ms | p95 ms | p99 ms | req/s | expl/s |"
     lines = [head, "|" + "---|" * 9]
@@ -257,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     batching = ["max_batch_size=64", "batch_timeout=0.002"]
     nobatch = ["max_batch_size=1"]
     rows: list[dict] = []
+    exports: list[dict] = []
     log = out / "servers.log"
 
     if args.only in (None, "mnist"):
@@ -266,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.quick:
                 over += ["policy.backbone.width=8", "policy.backbone.depth=1", "policy.hidden=32"]
             ckpt = build_checkpoint(out / ("mnist_quick.ckpt" if args.quick else "mnist_untrained.ckpt"), over)
+        exports.append(export_check(ckpt, out, "mnist_policy"))
         rows += scenario(ckpt, batching, [
             ("mnist single, batching", image_request(1), rates["mnist"], 1),
             ("mnist batched 64/request, JSON", image_request(64), rates["mnist_batched"], 64),
@@ -282,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                 ckpt = build_checkpoint(out / "text_quick.ckpt", over)
             else:
                 ckpt = build_checkpoint(out / "text_untrained.ckpt", ["experiment=text_rt"])
+        exports.append(export_check(ckpt, out, "text_policy"))
         rows += scenario(ckpt, batching, [("text single, batching", text_request(), rates["text"], 1)], args, log)
         rows += scenario(ckpt, nobatch, [
             ("text single, no batching", text_request(), rates["text"], 1),
@@ -289,9 +320,13 @@ def main(argv: list[str] | None = None) -> int:
 
     table = markdown(rows)
     lines = verdicts(rows)
+    for e in exports:
+        ok = e["max_abs_diff"] <= 1e-5
+        lines.append(f"exported {e['model']} (ONNX): max |score difference| {e['max_abs_diff']:.2e} over {e['inputs']} "
+                     f"inputs and every class (target <= 1e-5): {'met' if ok else 'MISSED'}")
     from fex.io import write_json, write_text
 
-    write_json(out / "results.json", {"rows": rows, "verdicts": lines, "quick": args.quick, "targets": TARGETS,
+    write_json(out / "results.json", {"rows": rows, "exports": exports, "verdicts": lines, "quick": args.quick, "targets": TARGETS,
                                       "cpu_count": os.cpu_count(), "seconds_per_step": args.seconds})
     write_text(out / "results.md", table + "\n\n" + "\n".join(f"- {v}" for v in lines) + "\n")
     print("\n" + table + "\n")

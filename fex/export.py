@@ -110,28 +110,51 @@ def contract(explainer: Any) -> dict:
     return out
 
 
-def export_onnx(explainer: Any, path: str | os.PathLike, opset: int = 18) -> Path:
-    """Write the policy as ONNX (batch axis dynamic; for text also the token axis) plus ``<path>.json``."""
+def _export(graph: nn.Module, inputs: tuple, path: Path, names: list[str], text: bool, opset: int, dynamo: bool) -> None:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer/exporter chatter (shape checks traced as constants, ...)
+        if dynamo:  # torch.export-based: handles e.g. adaptive pooling to sizes that do not divide the input
+            batch = torch.export.Dim("batch", min=1, max=1 << 16)
+            dims = {0: batch, 1: torch.export.Dim("tokens", min=2, max=1 << 16)} if text else {0: batch}
+            torch.onnx.export(graph, inputs, str(path), input_names=names, output_names=[OUTPUT], opset_version=opset,
+                              dynamic_shapes=tuple(dims for _ in names), dynamo=True, verbose=False,
+                              external_data=False)  # one self-contained file
+        else:  # the TorchScript-tracing exporter
+            dyn = {n: {0: "batch", 1: "tokens"} if text else {0: "batch"} for n in names}
+            torch.onnx.export(graph, inputs, str(path), input_names=names, output_names=[OUTPUT],
+                              dynamic_axes={**dyn, OUTPUT: {0: "batch"}}, opset_version=opset, dynamo=False)
+
+
+def export_onnx(explainer: Any, path: str | os.PathLike, opset: int = 18, exporter: str = "auto") -> Path:
+    """Write the policy as ONNX (batch axis dynamic; for text also the token axis) plus ``<path>.json``.
+
+    ``exporter``: ``dynamo`` (torch.export), ``script`` (TorchScript tracing) or ``auto`` (dynamo, then
+    tracing if that fails). The exporter used is recorded in the JSON."""
+    if exporter not in ("auto", "dynamo", "script"):
+        raise InputError(f"exporter must be auto, dynamo or script, got {exporter!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = policy_graph(explainer)
     inputs = example_inputs(explainer)
-    names = list(TEXT_INPUTS if _is_text(explainer.masker) else IMAGE_INPUTS)
-    dyn = {n: {0: "batch", 1: "tokens"} if _is_text(explainer.masker) else {0: "batch"} for n in names}
+    text = _is_text(explainer.masker)
+    names = list(TEXT_INPUTS if text else IMAGE_INPUTS)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants
-            torch.onnx.export(graph, inputs, str(tmp), input_names=names, output_names=[OUTPUT],
-                              dynamic_axes={**dyn, OUTPUT: {0: "batch"}}, opset_version=opset, dynamo=False)
-        os.replace(tmp, path)
-    except Exception as exc:  # noqa: BLE001
-        if tmp.exists():
-            tmp.unlink()
-        if isinstance(exc, FexError):
-            raise
-        raise FexError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    write_json(Path(f"{path}.json"), contract(explainer))
+    tries = ["dynamo", "script"] if exporter == "auto" else [exporter]
+    errors = []
+    for how in tries:
+        try:
+            _export(graph, inputs, tmp, names, text, opset, dynamo=how == "dynamo")
+            os.replace(tmp, path)
+            break
+        except Exception as exc:  # noqa: BLE001 - try the next exporter, report all
+            errors.append(f"{how}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}")
+        finally:
+            for leftover in (tmp, Path(f"{tmp}.data")):
+                if leftover.exists():
+                    leftover.unlink()
+    else:
+        raise FexError("ONNX export failed (" + "; ".join(errors) + ")")
+    write_json(Path(f"{path}.json"), {**contract(explainer), "exporter": how})
     return path
 
 

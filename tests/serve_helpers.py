@@ -27,8 +27,8 @@ def image_checkpoint(path, seed: int = 0) -> str:
     config = {
         "masker": {"_target_": "fex.maskers.image.PatchMasker", "grid": [7, 7], "input_shape": [1, 28, 28]},
         "policy": {"_target_": "fex.policy.Policy", "num_classes": 2, "hidden": 16,
-                   "backbone": {"_target_": "fex.policy.ConvBackbone", "in_channels": 1, "width": 8, "depth": 1,
-                                "out_dim": 16, "global_pool": 2}},
+                   "backbone": {"_target_": "fex.policy.ConvBackbone", "in_channels": 1, "width": 8, "depth": 2,
+                                "out_dim": 16, "global_pool": 4}},  # the default's shape: 4x4 pooling of a 7x7 map
         "objective": {}, "target": IMAGE_TARGET, "data": IMAGE_DATA, "num_classes": 2,
     }
     policy = instantiate({k: v for k, v in config["policy"].items() if k != "backbone"},
