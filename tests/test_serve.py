@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.serve_helpers import ROOT, Server, image_checkpoint, text_checkpoint
+from tests.serve_helpers import IMAGE_TARGET, ROOT, TEXT_TARGET, Server, image_checkpoint, text_checkpoint
 
 pytest.importorskip("litserve")
 
@@ -85,7 +85,7 @@ def local(image_ckpt):
     """The same explainer in this process: the known answer for what the server returns."""
     from fex.serve.loading import load_served_explainer
 
-    return load_served_explainer(image_ckpt)
+    return load_served_explainer(image_ckpt, IMAGE_TARGET, 2)
 
 
 def digits(n: int, seed: int = 0) -> np.ndarray:
@@ -226,15 +226,16 @@ def test_server_survives_bad_requests(image_server):
 
 
 def test_card(image_server, image_ckpt):
-    from fex.module import load_checkpoint_dict
+    from fex.explainer import read_checkpoint
 
     status, raw = get(image_server.url + "/card")
     card = json.loads(raw)
-    saved = load_checkpoint_dict(image_ckpt)["fex"]["target"]
+    saved = read_checkpoint(image_ckpt)["fex"]["target"]
     assert card["target"]["weights_sha256"] == saved["weights_sha256"] and card["target"]["name"] == saved["name"]
     assert card["features"] == {"modality": "image", "masker": "PatchMasker", "unit": "patch", "grid": [7, 7], "count": 49,
                                 "input_shape": [1, 28, 28], "removed_become": "zeros"}
-    assert card["classes"] == 2 and card["training"]["steps"] == 0 and card["faithfulness"] is None
+    assert card["classes"] == 2 and card["training"]["queries"] == 0 and card["faithfulness"] is None
+    assert card["class_names"] == ["0", "1"] and card["data"]["_target_"] == "fex.data.mnist.MNISTDataModule"
     assert card["serving"]["max_batch_size"] == 8
 
 
@@ -275,7 +276,13 @@ def test_compare_and_gallery(image_server):
 @pytest.fixture(scope="module")
 def text_server(tmp_path_factory):
     pytest.importorskip("transformers")
-    ckpt = text_checkpoint(tmp_path_factory.mktemp("serve_text") / "text.ckpt")
+    from tests.text_helpers import synthetic_sentences
+
+    d = tmp_path_factory.mktemp("serve_text")
+    rows = ["text,label"] + [f"{t},{int('great' in t.split())}"
+                             for t in synthetic_sentences(40, seed=3, frac_planted=0.5)]
+    (d / "reviews.csv").write_text("\n".join(rows) + "\n")
+    ckpt = text_checkpoint(d / "text.ckpt", data_csv=str(d / "reviews.csv"))
     log = tmp_path_factory.mktemp("serve_log") / "text_server.log"
     with Server(ckpt, "max_text_chars=500", "batch_timeout=0.001", log=log) as s:
         s.checkpoint = ckpt
@@ -285,7 +292,7 @@ def text_server(tmp_path_factory):
 def test_text_endpoint(text_server):
     from fex.serve.loading import load_served_explainer
 
-    local = load_served_explainer(text_server.checkpoint)
+    local = load_served_explainer(text_server.checkpoint, TEXT_TARGET, 2)
     text = "the plot was great but the acting felt flat"
     status, res = post(text_server.url + "/explain", {"text": text})
     assert status == 200, res
@@ -317,9 +324,13 @@ def test_kernel_shap_finds_the_planted_word(text_server):
     assert res["words"][int(np.argmax(res["scores"]))] == "great" and res["queries"] == 201
 
 
-def test_gallery_without_data_is_404(text_server):
-    status, res = post(text_server.url + "/gallery", {"n": 2})
-    assert status == 404 and "data" in res["detail"]
+def test_text_gallery(text_server):
+    status, g = post(text_server.url + "/gallery", {"n": 4})
+    assert status == 200, g
+    assert len(g["items"]) == 4
+    for it in g["items"]:
+        assert it["words"] and len(it["scores"]) == len(it["words"]) and it["true_label"] in ("negative", "positive")
+        assert len(it["deletion"]) == min(20, len(it["words"])) + 1
 
 
 # --------------------------------------------------------------------------- the page in Chromium

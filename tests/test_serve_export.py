@@ -50,6 +50,20 @@ def test_text_policy_onnx_matches_explainer(tmp_path):
     for i, t in enumerate(texts):
         n = len(t.split())
         np.testing.assert_allclose(keep[i, :n, 1], want[i, :n], rtol=0, atol=1e-5)
+        assert not keep[i, n:].any()  # rows past the last word are 0
+
+
+def test_export_leaves_the_explainer_usable(tmp_path):
+    """Tracing must not leave traced tensors behind (e.g. in the masker's caches)."""
+    from fex.export import export_onnx
+    from fex.module import ExplainerModule
+
+    explainer = ExplainerModule.from_checkpoint(image_checkpoint(tmp_path / "image.ckpt"))
+    x = torch.rand(3, 1, 28, 28)
+    before = explainer.explain(x, target=torch.ones(3, dtype=torch.long))["scores"]
+    export_onnx(explainer, tmp_path / "p.onnx")
+    after = explainer.explain(x, target=torch.ones(3, dtype=torch.long))["scores"]
+    assert type(after) is torch.Tensor and torch.equal(before, after)
 
 
 def test_export_cli(tmp_path, capsys):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.serve_helpers import image_checkpoint
+from tests.serve_helpers import IMAGE_TARGET, image_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def engine(tmp_path_factory):
     from fex.serve.loading import checkpoint_config, load_served_explainer
 
     ckpt = image_checkpoint(tmp_path_factory.mktemp("units") / "image.ckpt")
-    return Engine(load_served_explainer(ckpt), checkpoint_config(ckpt), curve_steps=7)
+    return Engine(load_served_explainer(ckpt, IMAGE_TARGET, 2), checkpoint_config(ckpt), curve_steps=7)
 
 
 def body(x: np.ndarray, **kw) -> dict:
@@ -120,3 +120,12 @@ def test_card_reads_faithfulness_from_evaluation(tmp_path):
                                            "queries_per_expl": 0}
     assert card["faithfulness"]["kernel_shap"]["deletion_auc"] == 0.13
     assert card["features"]["count"] == 49 and card["policy"]["stored_parameters"] > 0
+
+
+def test_gallery_needs_data(engine):
+    from fex.errors import FexError
+    from fex.serve.engine import Engine
+
+    bare = Engine(engine.explainer, {**engine.config, "data": None})
+    with pytest.raises(FexError, match="no data config"):
+        bare.gallery(2)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fex.module import CKPT_KEY, load_checkpoint_dict
+from fex.explainer import CKPT_KEY, read_checkpoint
 
 FAITHFULNESS_KEYS = ("deletion_auc", "insertion_auc", "aopc", "comprehensiveness", "sufficiency",
                      "faithfulness_corr", "sec_per_expl", "queries_per_expl")
@@ -35,6 +35,8 @@ def _training(ckpt: dict, meta: dict) -> dict:
     recorded = meta.get("training") or meta.get("train")
     if isinstance(recorded, dict):
         out.update(recorded)
+    if meta.get("train_queries") is not None:
+        out.setdefault("queries", int(meta["train_queries"]))
     out.setdefault("queries", None)  # black-box queries spent training, when the checkpoint records them
     for state in (ckpt.get("callbacks") or {}).values():
         if isinstance(state, dict) and state.get("monitor") and state.get("best_model_score") is not None:
@@ -61,10 +63,11 @@ def faithfulness(metrics_path: str | os.PathLike | None) -> dict | None:
     return out
 
 
-def explainer_card(path: str | os.PathLike, metrics_path: str | os.PathLike | None = None,
+def explainer_card(source: str | os.PathLike | dict, metrics_path: str | os.PathLike | None = None,
                    serving: dict | None = None) -> dict:
-    path = os.path.expanduser(str(path))
-    ckpt = load_checkpoint_dict(path)
+    """The card of a checkpoint (a path, or the dict of :func:`fex.explainer.read_checkpoint`)."""
+    ckpt = source if isinstance(source, dict) else read_checkpoint(source)
+    path = os.path.abspath(ckpt.get("_path") or os.path.expanduser(str(source)))
     meta = ckpt[CKPT_KEY]
     config = dict(meta.get("config") or {})
     if metrics_path is None:
@@ -77,11 +80,12 @@ def explainer_card(path: str | os.PathLike, metrics_path: str | os.PathLike | No
     return {
         "checkpoint": path,
         "checkpoint_version": meta.get("version"),
+        "fex_version": meta.get("fex_version"),
         "target": {"name": fp.get("name"), "output": fp.get("output"), "weights_sha256": fp.get("weights_sha256"),
                    "config": fp.get("config") or config.get("target")},
         "features": _features(config),
         "classes": config.get("num_classes") or policy.get("num_classes"),
-        "class_names": data.get("label_names"),
+        "class_names": config.get("class_names") or data.get("label_names"),
         "data": {k: data.get(k) for k in ("_target_", "source", "test_size", "seed") if k in data} or None,
         "policy": {"backbone": str((policy.get("backbone") or {}).get("_target_", "")).rsplit(".", 1)[-1],
                    "stored_parameters": n_params},

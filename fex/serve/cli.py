@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from fex.errors import FexError
-
-ROOT = Path(__file__).resolve().parents[2]
+from fex.tasks.common import conf_dir
 
 
 def compose_serve(overrides: list[str]):
+    """conf/serve.yaml (the packaged config tree when installed) with ``key=value`` overrides."""
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         return compose("serve", overrides=list(overrides))
 
 
@@ -22,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in args):
-        print(__doc__.strip() + "\n\nSettings (conf/serve.yaml):\n" + (ROOT / "conf" / "serve.yaml").read_text())
+        print(__doc__.strip() + "\n\nSettings (conf/serve.yaml):\n" + (conf_dir() / "serve.yaml").read_text())
         return 0
     try:
         cfg = compose_serve(args)

@@ -59,17 +59,16 @@ class _EngineAPI(ls.LitAPI):
         threads = self.settings.get("threads")
         if threads:
             torch.set_num_threads(int(threads))
-        cfg = checkpoint_config(self.checkpoint)
-        explainer = load_served_explainer(self.checkpoint, target=self.settings.get("target"),
-                                          allow_target_mismatch=bool(self.settings.get("allow_target_mismatch")))
+        st = self.settings
+        explainer = load_served_explainer(self.checkpoint, st["target"], st.get("num_classes"),
+                                          allow_target_mismatch=bool(st.get("allow_target_mismatch")))
         if device and str(device) != "cpu":
             explainer.to(device)
-        if self.settings.get("data"):
-            cfg["data"] = self.settings["data"]
-        self.engine = Engine(explainer, cfg, kernel_shap_samples=self.settings.get("kernel_shap_samples", 200),
-                             curve_steps=self.settings.get("curve_steps", 20),
-                             class_names=self.settings.get("class_names"),
-                             gate=load_gate(self.checkpoint, explainer, self.settings.get("gate", "auto")))
+        cfg = {**checkpoint_config(self.checkpoint), "data": st.get("data")}
+        self.engine = Engine(explainer, cfg, kernel_shap_samples=st.get("kernel_shap_samples", 200),
+                             curve_steps=st.get("curve_steps", 20),
+                             class_names=st.get("class_names") or list(explainer.class_names),
+                             gate=load_gate(self.checkpoint, explainer, st.get("gate", "auto")))
 
     def decode_request(self, request: dict) -> dict:
         return request
@@ -109,13 +108,12 @@ class InspectAPI(_EngineAPI):
         return self.engine.compare(x)
 
 
-def settings_from(cfg: Any) -> dict:
-    from fex.tasks.common import to_dict
-
+def settings_from(cfg: Any, resolved: dict) -> dict:
+    """What the model workers need (plain, picklable): resolved target/data configs and the knobs."""
     return {"threads": cfg.get("threads"), "kernel_shap_samples": int(cfg.kernel_shap_samples),
             "curve_steps": int(cfg.curve_steps), "allow_target_mismatch": bool(cfg.allow_target_mismatch),
-            "target": to_dict(cfg.get("target")), "data": to_dict(cfg.get("data")),
-            "class_names": list(cfg.class_names) if cfg.get("class_names") else None, "gate": cfg.get("gate", "auto")}
+            "class_names": list(cfg.class_names) if cfg.get("class_names") else None, "gate": cfg.get("gate", "auto"),
+            **resolved}
 
 
 def page_html() -> str:
@@ -126,19 +124,21 @@ def build_server(cfg: Any) -> ls.LitServer:
     """conf/serve.yaml -> a LitServer (not started). Fails fast on a missing/corrupt checkpoint."""
     from fastapi.responses import HTMLResponse, JSONResponse
 
-    from fex.serve.loading import checkpoint_config
+    from fex.explainer import CKPT_KEY, read_checkpoint
+    from fex.serve.loading import serving_configs
 
     path = os.path.abspath(os.path.expanduser(str(cfg.checkpoint)))
-    config = checkpoint_config(path)
+    ckpt = read_checkpoint(path)  # once, in this process; fail fast before starting workers
+    config = ckpt[CKPT_KEY]["config"]
     spec = InputSpec.from_config(config, max_inputs=int(cfg.max_inputs), max_text_chars=int(cfg.max_text_chars))
-    settings = settings_from(cfg)
+    settings = settings_from(cfg, serving_configs(cfg, ckpt))
     serving = {"max_batch_size": int(cfg.max_batch_size), "batch_timeout_s": float(cfg.batch_timeout),
                "max_payload_bytes": int(cfg.max_payload_bytes), "max_inputs": int(cfg.max_inputs),
                "methods": list(spec.methods), "kernel_shap_samples": settings["kernel_shap_samples"],
                "gate": settings["gate"], "gate_calibration": os.path.isfile(path + ".gate.json")}
-    card = explainer_card(path, cfg.get("card_metrics"), serving)
-    if settings["data"]:
-        card["data"] = {k: settings["data"].get(k) for k in ("_target_", "source") if k in settings["data"]}
+    card = explainer_card(ckpt, cfg.get("card_metrics"), serving)
+    card["data"] = ({k: settings["data"].get(k) for k in ("_target_", "source", "test_size", "seed")
+                     if k in settings["data"]} if settings["data"] else None)
     warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch")  # max_batch_size=1 is fine
     apis = [ExplainAPI(path, settings, "/explain", int(cfg.max_batch_size), float(cfg.batch_timeout)),
             InspectAPI(path, settings, "/compare")]

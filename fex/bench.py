@@ -1,0 +1,102 @@
+"""Shared driver of the side-by-side benchmarks in ``benchmarks/`` (they import this, not each other).
+
+``load`` gives the evaluate config, black box, explainer and test split of a checkpoint (its
+own data and target configs; overrides on top); ``bench`` runs every configured method on the
+same inputs and features (``fex.compare``); ``train_explainer`` trains one for a patch grid.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fex import compare
+from fex import metrics as M
+from fex.explainer import load_explainer, read_checkpoint
+from fex.tasks.common import build_blackbox, build_data, conf_dir, with_checkpoint_defaults
+
+
+def compose(config_name: str, overrides: list[str]):
+    """A packaged config composed as Hydra would (no Hydra run: set ``output_dir`` yourself)."""
+    from hydra import compose as _compose, initialize_config_dir
+
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        return _compose(config_name, overrides)
+
+
+def load(checkpoint: str, methods: str, overrides: list[str]):
+    """(cfg, blackbox, explainer, test dataset): the checkpoint read once, its data and target."""
+    cfg = compose("evaluate", [f"checkpoint={checkpoint}", f"method=[{methods}]", "output_dir=.", *overrides])
+    ckpt = read_checkpoint(checkpoint)
+    cfg = with_checkpoint_defaults(cfg, ckpt)
+    bb = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
+    explainer = load_explainer(ckpt, target=bb, allow_target_mismatch=bool(cfg.allow_target_mismatch))
+    ds = build_data(cfg.data).dataset(cfg.split)
+    return cfg, bb, explainer, ds
+
+
+def bench(cfg, bb, explainer, x: Any, batch_size: int, reference: str = "kernel_shap") -> list[dict]:
+    """The side-by-side run: rows with cost, quality and ratios to ``reference``."""
+    from fex.tasks.evaluate import build_methods
+
+    with bb.uncounted():
+        target = bb(x).argmax(-1)  # the explained class: the prediction, once for every method
+    rows = compare.run_methods(bb, explainer.masker, x, target, build_methods(cfg, bb, explainer), batch_size,
+                               metric_masker=M.with_substrate(explainer.masker, cfg.compare.substrate),
+                               metric_kwargs={"steps": cfg.compare.steps, "seed": int(cfg.seed)})
+    return compare.add_ratios(rows, reference)
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+
+
+# --------------------------------------------------------------------------- training for a benchmark
+def train_overrides(grid: int, out: Path, epochs: int, val_per_epoch: int, limit: int | None) -> list[str]:
+    o = [f"masker.grid=[{grid},{grid}]", f"trainer.max_epochs={epochs}", f"output_dir={out}",
+         "trainer.enable_progress_bar=false", "gallery_size=4", "hydra.job.chdir=false"]
+    if val_per_epoch > 1:
+        o.append(f"+trainer.val_check_interval={1.0 / val_per_epoch}")
+    if limit:
+        o += [f"data.limit={limit}", "trainer.limit_val_batches=2", "val_auc_examples=8"]
+    return o
+
+
+def read_training_curve(metrics_csv: str | Path) -> list[dict]:
+    """Validation points of a CSVLogger ``metrics.csv``: one dict per validation, sorted by training
+    queries, with ``train_queries``, ``reward`` (val/reward), ``deletion_auc`` (val/deletion_auc; None
+    if not logged), ``step`` and ``epoch``. Rows of the same step are merged (loggers may split them)."""
+    by_step: dict[int, dict] = {}
+    with open(metrics_csv, newline="") as fh:
+        for row in csv.DictReader(fh):
+            step = int(float(row["step"]))
+            merged = by_step.setdefault(step, {})
+            merged.update({k: v for k, v in row.items() if v not in ("", None)})
+    points = []
+    for step, row in by_step.items():
+        if "val/train_queries" not in row or "val/reward" not in row:
+            continue
+        d = row.get("val/deletion_auc")
+        points.append({"step": step, "epoch": int(float(row.get("epoch", 0))),
+                       "train_queries": float(row["val/train_queries"]), "reward": float(row["val/reward"]),
+                       "deletion_auc": float(d) if d is not None else None})
+    return sorted(points, key=lambda p: (p["train_queries"], p["step"]))
+
+
+def train_explainer(grid: int, out: Path, epochs: int, val_per_epoch: int, limit: int | None) -> dict:
+    """Train an explainer for a ``grid`` x ``grid`` patch masker; training cost and curve."""
+    from fex.tasks.train import train
+
+    cfg = compose("train", [o for o in train_overrides(grid, out, epochs, val_per_epoch, limit)
+                            if not o.startswith("hydra.")])
+    metrics, _ = train(cfg)
+    csv_path = out / "logs" / "version_0" / "metrics.csv"
+    curve = read_training_curve(csv_path) if csv_path.is_file() else []
+    return {"checkpoint": metrics["checkpoint"], "train_queries": float(metrics["train/queries"]),
+            "train_seconds": float(metrics["train/seconds"]), "val_reward": metrics.get("val/reward"),
+            "val_deletion_auc": metrics.get("val/deletion_auc"), "curve": curve}
