@@ -9,11 +9,15 @@ FILLER = ("the movie plot was long and the acting felt quite flat but some scene
           "while music came from an old film about people in a small town").split()
 
 
-def planted_word_blackbox(word: str = "great", p: float = 0.95):
-    """list[str] -> probs [N, 2]: class 1 with prob ``p`` iff ``word`` is one of the words."""
+def planted_word_blackbox(word: str = "great", p: float = 0.95, absent: float | None = None):
+    """list[str] -> probs [N, 2]: class 1 with prob ``p`` iff ``word`` is one of the words, else ``absent``
+    (default ``1 - p``; ``absent=0.5`` is a binary classifier that is unsure of a text without the word,
+    like a real one on an all-masked text)."""
+    q = 1 - p if absent is None else absent
+
     def predict(texts):
         hit = torch.tensor([word in t.split() for t in texts], dtype=torch.float32)
-        p1 = hit * p + (1 - hit) * (1 - p)
+        p1 = hit * p + (1 - hit) * q
         return torch.stack([1 - p1, p1], 1)
     from fex.targets.text import TextCallable
 

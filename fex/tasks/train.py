@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
+from fex.callbacks import health_summary
 from fex.module import ExplainerModule
 from fex.plotting import heatmap_grid
 from fex.tasks.common import build, build_blackbox, build_data, instantiate_list, to_dict
@@ -61,6 +62,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         metrics["val/reward"] = float(trainer.checkpoint_callback.best_model_score)
     metrics.update({"checkpoint": str(ckpt_path), "output_dir": str(out), "train/queries": module._train_queries,
                     "train/seconds": time.perf_counter() - t0})
+    metrics.update(health_summary(trainer))
 
     objects = {"module": module, "trainer": trainer, "datamodule": datamodule, "blackbox": blackbox}
     if trainer.is_global_zero:
@@ -106,5 +108,7 @@ def summary_line(m: dict) -> str:
         parts.append(f"val deletion AUC {m['val/deletion_auc']:.4f}")
     if "target/test_accuracy" in m:
         parts.append(f"target test accuracy {m['target/test_accuracy']:.4f}")
+    if "policy_health" in m:
+        parts.append(f"policy {m['policy_health']}")
     parts.append(f"{int(m['train/queries'])} training queries in {m['train/seconds']:.0f}s")
     return " | ".join(parts)
