@@ -12,7 +12,7 @@ TEXT_FAST = ["experiment=text_rt", "target=text_callable", "target.model.path=te
              "target.output=probs", "trainer.val_check_interval=1.0", "data.batch_size=16"]
 
 
-@pytest.mark.parametrize("policy", ["text_encoder", "word_embedding"])
+@pytest.mark.parametrize("policy", ["text_encoder", "text_small", "word_embedding"])
 def test_text_preset_trains_saves_and_reloads(tmp_path, policy):
     from fex.module import ExplainerModule
     from fex.tasks.train import train
@@ -21,7 +21,7 @@ def test_text_preset_trains_saves_and_reloads(tmp_path, policy):
     metrics, objects = train(cfg)
     ckpt = metrics["checkpoint"]
     assert os.path.isfile(ckpt)
-    if policy == "text_encoder":  # the frozen MiniLM is reloaded from its path, not stored
+    if policy.startswith("text_"):  # the frozen MiniLM is reloaded from its path, not stored
         assert os.path.getsize(ckpt) < 5 * 2**20
     dm, bb = objects["datamodule"], objects["blackbox"]
     x = next(iter(dm.test_dataloader()))[0]
@@ -76,3 +76,27 @@ def test_explain_command_takes_a_sentence(tmp_path, capsys):
     assert "great" in capsys.readouterr().out
     assert explain_main(over + ["text=   "]) == 2  # empty text: one-line error
     assert capsys.readouterr().err.strip().startswith("error:")
+
+
+def test_truncated_encoder_policy_is_the_first_layers_and_reloads(tmp_path):
+    """policy=text_small: the first num_layers layers of the same pretrained MiniLM, with identical
+    outputs to running the full encoder's first layers; a checkpoint rebuilds the same truncation."""
+    from hydra.utils import instantiate
+
+    from fex.errors import ConfigError
+    from fex.maskers.text import encode_texts
+    from fex.policy.text import TextEncoderBackbone
+
+    cfg = compose("train", ["experiment=text_rt", "policy=text_small"], output_dir=tmp_path)
+    small = instantiate(cfg.policy.backbone)
+    full = TextEncoderBackbone(out_dim=32)
+    k = cfg.policy.backbone.num_layers
+    assert len(small.encoder.encoder.layer) == k < len(full.encoder.encoder.layer)
+    x = encode_texts(["a gorgeous , witty film", "dull"])
+    with torch.no_grad():
+        h_small = small.encoder(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).last_hidden_state
+        hs = full.encoder(input_ids=x["input_ids"], attention_mask=x["attention_mask"],
+                          output_hidden_states=True).hidden_states
+    torch.testing.assert_close(h_small, hs[k])  # layer k's output of the full encoder
+    with pytest.raises(ConfigError):
+        TextEncoderBackbone(num_layers=99)
