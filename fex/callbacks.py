@@ -7,7 +7,8 @@ words at all, while ``train/reward`` rises). Three symptoms, each judged on a ru
 of training steps:
 
 * ``mask_frac``: the sampled masks keep (almost) no features or (almost) all of them
-  (logged ``train/mask_frac`` <= ``min_mask_frac`` or >= ``1 - min_mask_frac``);
+  (logged ``train/mask_frac`` <= ``min_mask_frac`` or >= ``1 - min_mask_frac``; only when the
+  masks are drawn from the policy, ``objective.sampler`` ``policy`` or ``antithetic``);
 * ``entropy``: the Bernoulli policy is (almost) deterministic (logged ``train/entropy``,
   nats per feature, below ``min_entropy``; the maximum is ln 2 = 0.693);
 * ``tied``: the read-out scores of (almost) every example are all equal, so they rank nothing
@@ -35,6 +36,7 @@ import torch
 log = logging.getLogger("fex")
 
 ACTIONS = ("warn", "stop")
+ON_POLICY = ("policy", "antithetic")  # samplers whose masks are the policy's (mask_frac is about it)
 SEVERE = ("mask_frac", "tied")  # symptoms that make the explanations meaningless
 ADVICE = {True: "Its explanations rank little or nothing; try another objective (e.g. objective.reward=prob, "
                 "a higher objective.temperature) or the preset of your modality.",
@@ -133,6 +135,8 @@ class PolicyHealth(pl.Callback):
             return
         cm = trainer.callback_metrics
         stats = {k: float(cm[f"train/{k}"]) for k in ("mask_frac", "entropy") if f"train/{k}" in cm}
+        if getattr(getattr(pl_module, "objective", None), "sampler", "policy") not in ON_POLICY:
+            stats.pop("mask_frac", None)  # masks come from a fixed sampler, not the policy
         stats["tied_frac"] = self._tied(pl_module, batch)
         self.last.update(stats)
         found = self.symptoms(stats)
