@@ -1,11 +1,11 @@
 """Objective sweep for the text preset, scored on the VALIDATION split (never the test split).
 
     python benchmarks/sweep_text.py --parallel 3            # -> outputs/sweep_text/<name>/, table on stdout
-    python benchmarks/sweep_text.py --only prob_t0.05 --steps 40 --out /tmp/sweep
+    python benchmarks/sweep_text.py --only K4_t0.1 --queries 2000 --out /tmp/sweep
 
-Each row is a short ``python train.py experiment=text_rt <overrides>`` run (same budget for every
-row: ``--steps`` training batches, validation every ``--val-every`` batches on the first
-``--val-examples`` validation snippets). The score is the run's best ``val/faithfulness``
+Each row is a short ``python train.py experiment=text_rt <overrides>`` run with the same budget of
+``--queries`` training queries (rows with more masks per input see fewer inputs), scored once at
+the end on the first ``--val-examples`` validation snippets. The score is the run's ``val/faithfulness``
 (validation insertion AUC - deletion AUC, logged by the module's validation step; the checkpoint
 monitor keeps that explainer), with the deletion and insertion AUCs of the same validation, the
 training queries and wall time. The table goes to stdout and, with --write, to
@@ -25,17 +25,30 @@ from fex.io import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# name -> overrides of experiment=text_rt (the objective options of issue 8; temperature in reward units)
+# name -> overrides of experiment=text_rt (the objective options of issue 8; temperature in reward units).
+# Every row gets the same number of training QUERIES (--queries), so rows with more masks per input
+# see fewer inputs.
 GRID: dict[str, list[str]] = {
-    "paper (fex reward, PPO)": ["objective=fex_paper"],
-    "prob_t0.02": ["objective.reward=prob", "objective.temperature=0.02"],
-    "prob_t0.05": ["objective.reward=prob", "objective.temperature=0.05"],
-    "prob_t0.2": ["objective.reward=prob", "objective.temperature=0.2"],
-    "logprob_t0.2": ["objective.reward=logprob", "objective.temperature=0.2"],
-    "keep_minus_remove_t0.1": ["objective.reward=keep_minus_remove", "objective.temperature=0.1"],
-    "prob_t0.05_antithetic": ["objective.reward=prob", "objective.temperature=0.05", "objective.sampler=antithetic"],
-    "prob_t0.05_readout_prob": ["objective.reward=prob", "objective.temperature=0.05", "objective.attribution=prob"],
+    "paper (fex reward, PPO, K=5)": ["objective=fex_paper"],
+    "K16_t0.1 (objective default)": ["objective.num_samples=16"],
+    "K4_t0.1": ["objective.num_samples=4"],
+    "K4_t0.03": ["objective.num_samples=4", "objective.temperature=0.03"],
+    "K4_t0.3": ["objective.num_samples=4", "objective.temperature=0.3"],
+    "K4_logprob_t0.3": ["objective.num_samples=4", "objective.reward=logprob", "objective.temperature=0.3"],
+    "K4_keep_minus_remove_t0.2": ["objective.num_samples=4", "objective.reward=keep_minus_remove",
+                                  "objective.temperature=0.2"],
+    "K4_t0.1_policy_sampler": ["objective.num_samples=4", "objective.sampler=policy"],
+    "K4_t0.1_readout_prob": ["objective.num_samples=4", "objective.attribution=prob"],
 }
+PAPER_K = 5
+
+
+def queries_per_input(overrides: list[str], default_k: int) -> int:
+    """Training queries per input per step: the unmasked input, K masks, and K complements if needed."""
+    kv = dict(o.split("=", 1) for o in overrides if "=" in o)
+    k = int(kv.get("objective.num_samples", PAPER_K if kv.get("objective") == "fex_paper" else default_k))
+    twice = kv.get("objective.reward") == "keep_minus_remove" or float(kv.get("objective.comprehensiveness", 0))
+    return 1 + k * (2 if twice else 1)
 
 
 def read_metrics(run_dir: Path) -> dict:
@@ -63,8 +76,9 @@ def read_metrics(run_dir: Path) -> dict:
 
 
 def command(name: str, overrides: list[str], a: argparse.Namespace) -> list[str]:
+    steps = max(1, a.queries // (a.batch_size * queries_per_input(overrides, a.default_k)))
     return [sys.executable, str(ROOT / "train.py"), "experiment=text_rt", f"seed={a.seed}",
-            f"trainer.limit_train_batches={a.steps}", f"trainer.val_check_interval={a.val_every}",
+            f"trainer.limit_train_batches={steps}", f"trainer.val_check_interval={steps}",
             f"trainer.limit_val_batches={max(1, -(-a.val_examples // a.batch_size))}",
             f"val_auc_examples={a.val_examples}", f"data.batch_size={a.batch_size}", "gallery_size=0",
             "trainer.enable_progress_bar=false", *a.extra, *overrides,
@@ -87,10 +101,10 @@ def table(results: dict[str, dict], a: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="*", default=None, help="grid rows to run (default: all)")
-    p.add_argument("--steps", type=int, default=60, help="training batches per run")
+    p.add_argument("--queries", type=int, default=3000, help="training queries per run (same for every row)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--val-every", type=int, default=20, help="training batches between validations")
-    p.add_argument("--val-examples", type=int, default=64, help="validation snippets scored per validation")
+    p.add_argument("--val-examples", type=int, default=48, help="validation snippets scored (once, at the end)")
+    p.add_argument("--default-k", type=int, default=16, help="num_samples of the default objective")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "outputs/sweep_text"))
