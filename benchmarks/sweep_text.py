@@ -38,7 +38,6 @@ GRID: dict[str, list[str]] = {
     "K4_keep_minus_remove_t0.2": ["objective.num_samples=4", "objective.reward=keep_minus_remove",
                                   "objective.temperature=0.2"],
     "K4_t0.1_policy_sampler": ["objective.num_samples=4", "objective.sampler=policy"],
-    "K4_t0.1_readout_prob": ["objective.num_samples=4", "objective.attribution=prob"],
 }
 PAPER_K = 5
 

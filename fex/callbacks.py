@@ -63,11 +63,12 @@ def tied_fraction(scores: torch.Tensor, valid: torch.Tensor | None = None, tol: 
     return ((hi - lo) < tol)[rows].float().mean()
 
 
-def readout(module: Any, logits: torch.Tensor) -> torch.Tensor:
-    """The scores a user sees from policy logits [B, F, C]: Bernoulli means (``attribution=prob``,
-    the default) or the logits themselves (``attribution=logit``); see the module's objective."""
-    kind = getattr(getattr(module, "objective", None), "attribution", "prob")
-    return logits if kind == "logit" else torch.sigmoid(logits)
+def readout(module: Any, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The scores a user sees, for every class: logits [B, F, C] -> [B, F, C] through the module's
+    own read-out (``ExplainerModule.read_out``: Bernoulli means or tau * logits)."""
+    b, _, c = logits.shape
+    return torch.stack([module.read_out(logits, torch.full((b,), k, dtype=torch.long, device=logits.device), valid)
+                        for k in range(c)], -1)
 
 
 class PolicyHealth(pl.Callback):
@@ -125,7 +126,8 @@ class PolicyHealth(pl.Callback):
             logits, _ = module(x)
         finally:
             module.train(was)
-        return float(tied_fraction(readout(module, logits), module.masker.valid(x), self.tie_tol))
+        valid = module.masker.valid(x)
+        return float(tied_fraction(readout(module, logits, valid), valid, self.tie_tol))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
