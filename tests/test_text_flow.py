@@ -28,8 +28,8 @@ def test_text_preset_trains_saves_and_reloads(tmp_path, policy):
     before = objects["module"].explain(x, target=1)["scores"]
     again = ExplainerModule.from_checkpoint(ckpt, target=bb).explain(x, target=1)["scores"]
     torch.testing.assert_close(before, again)
-    valid = again > 0
-    assert valid.tolist() == objects["module"].masker.valid(x).tolist()
+    valid = objects["module"].masker.valid(x)
+    assert (again[~valid] == 0).all() and (again[valid] != 0).float().mean() > 0.9  # padding words score 0
 
 
 def test_every_text_option_composes(tmp_path):
