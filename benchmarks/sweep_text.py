@@ -80,7 +80,7 @@ def command(name: str, overrides: list[str], a: argparse.Namespace) -> list[str]
             f"trainer.limit_train_batches={steps}", f"trainer.val_check_interval={steps}",
             f"trainer.limit_val_batches={max(1, -(-a.val_examples // a.batch_size))}",
             f"val_auc_examples={a.val_examples}", f"data.batch_size={a.batch_size}", "gallery_size=0",
-            "trainer.enable_progress_bar=false", *a.extra, *overrides,
+            "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0", *a.extra, *overrides,
             f"hydra.run.dir={Path(a.out) / name.split(' ')[0]}"]
 
 
