@@ -7,7 +7,7 @@ Every method explains the same test snippets (explained class = the classifier's
 the same word features, in batches of --batch-size (64: a user's batch); quality is scored
 identically (fex.metrics.faithfulness: deletion/insertion AUC, AOPC, ERASER comprehensiveness and
 sufficiency, faithfulness correlation). Several --checkpoint paths are training seeds of one
-explainer: each gets its own row (``fex#0``, ``fex#1``, ...) and a summary row ``fex`` with the mean
+explainer: each gets its own row (``fex[seed 0]``, ``fex[seed 1]``, ...) and a summary row ``fex`` with the mean
 (cost and quality) and the spread over seeds. ``NAME=PATH`` labels another explainer (e.g.
 ``fex_small=outputs/bench/text_small_seed0/explainer.ckpt`` for ``policy=text_small``). Per-instance
 methods (KernelShap(200), Lime(200), FeatureAblation, IntegratedGradients on the word embeddings,
@@ -19,20 +19,22 @@ table.md, metrics.json and words.html (highlighted words of every method) to --o
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import fex  # noqa: F401  (compat shims before lightning)
-import torch
-
-from fex import compare
-from fex.baselines import Fex
-from fex.benchmark import bench, load, machine, seed_summary, spread_table
-from fex.io import write_json, write_text
-from fex.module import ExplainerModule
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's fex, also when another one is installed
+
+import fex  # noqa: E402,F401  (compat shims before lightning)
+import torch  # noqa: E402
+
+from fex import compare  # noqa: E402
+from fex.baselines import Fex  # noqa: E402
+from fex.bench import bench, load, machine, mean_row  # noqa: E402
+from fex.io import write_json, write_text  # noqa: E402
+
+QUALITY = ("deletion_auc", "insertion_auc", "comprehensiveness", "sufficiency", "faithfulness_corr")
 BASELINES = "kernel_shap,lime,feature_ablation,integrated_gradients_words,banzhaf"
-TEXT = ["data=rotten_tomatoes", "target=minilm_sentiment"]
 QUICK = ["method.kernel_shap.n_samples=16", "method.lime.n_samples=16", "method.integrated_gradients.n_steps=4",
          "compare.faithfulness_subsets=8"]
 QUICK_BANZHAF = ["method.banzhaf.n_masks=32"]
@@ -83,28 +85,34 @@ def main(argv: list[str] | None = None) -> list[dict]:
     first = next(iter(ckpts.values()))[0]
     methods = [m for m in a.methods.split(",") if m]
     oracle = "banzhaf" in methods
-    layers = [TEXT, TEXT_BANZHAF if oracle else [], (QUICK + (QUICK_BANZHAF if oracle else [])) if a.quick else [],
+    layers = [TEXT_BANZHAF if oracle else [], (QUICK + (QUICK_BANZHAF if oracle else [])) if a.quick else [],
               list(a.overrides)]
     over = list({o.split("=")[0]: o for layer in layers for o in layer}.values())  # later layers win
     cfg, bb, explainer, ds = load(first, ",".join(methods) or "fex", over)
 
-    # explainers first (one row per checkpoint), then the per-instance methods (built lazily)
+    # explainers first (one row per checkpoint: data and target are the checkpoint's), then the
+    # per-instance methods (built lazily)
+    from fex.explainer import load_explainer
     from fex.tasks.evaluate import build_methods
 
     runs: dict = {}
     members: dict[str, list[str]] = {}
     for name, paths in ckpts.items():
         for i, path in enumerate(paths):
-            row = f"{name}#{i}" if len(paths) > 1 else name
+            row = f"{name}[seed {i}]" if len(paths) > 1 else name
             members.setdefault(name, []).append(row)
-            runs[row] = (lambda path=path: Fex(bb, explainer=ExplainerModule.from_checkpoint(
-                path, target=bb, allow_target_mismatch=cfg.allow_target_mismatch)))
+            runs[row] = (lambda path=path: Fex(bb, explainer=load_explainer(
+                path, target=bb, allow_target_mismatch=bool(cfg.allow_target_mismatch))))
     runs.update({k: v for k, v in build_methods(cfg, bb, explainer).items() if k != "fex"})
 
     pos = [i for i, t in enumerate(ds.texts) if len(t.split()) >= 2][: a.n]
     x = explainer.masker.encode([ds.texts[i] for i in pos])
     rows = bench(cfg, bb, explainer, x, a.batch_size, methods=runs)
-    summaries = [s for name, m in members.items() if len(m) > 1 and (s := seed_summary(rows, name, m))]
+    summaries = []
+    for name, m in members.items():
+        got = [r for r in rows if r["method"] in m and "error" not in r]
+        if len(m) > 1 and got:
+            summaries.append(mean_row(got, name))
     rows = compare.add_ratios(summaries + rows, "kernel_shap")
 
     ks = next((r for r in rows if r["method"] == "kernel_shap" and "error" not in r), None)
@@ -127,7 +135,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             what = "throughput" if k == "throughput" else k.replace("_", " ")
             lines.append(f"{name} {what} = {v['ratio']:.3g}x {ks_name} (target {v['target']}): {status}"
                          if v["ratio"] is not None else f"{name} {what}: n/a")
-    spread = spread_table([r for r in rows if r.get("seeds", 0) > 1])
+    spread = "\n".join(["| explainer | seeds | " + " | ".join(QUALITY) + " |", "|" + "---|" * (len(QUALITY) + 2)]
+                       + [f"| {r['method']} | {r['seeds']} | "
+                          + " | ".join(f"{r[k]:.4f} ± {r.get(f'{k}_std', 0.0):.4f}" for k in QUALITY) + " |"
+                          for r in summaries])
     table = compare.markdown_table(rows)
     text = header + "\n" + table + "\n\n" + (f"Spread over training seeds (mean ± std):\n\n{spread}\n\n"
                                              if summaries else "") + "\n".join(lines) + "\n"
@@ -143,7 +154,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def write_words(path: Path, bb, x: dict, ds, pos: list[int], rows: list[dict], members: dict) -> None:
     """Highlighted words of the first 16 snippets: the first explainer, then every other method."""
-    from fex.textviz import write_html
+    from fex.render.text import write_html
 
     ok = [r for r in rows if "error" not in r and r.get("scores") is not None and "seeds" not in r]
     if not ok:

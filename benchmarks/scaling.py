@@ -5,7 +5,7 @@
 
 One run does everything, side by side: for each grid it trains an explainer
 (``fex.tasks.train.train``, short, validating several times per epoch so the CSV log holds a
-training-cost curve), then runs the batch-evaluation benchmark (``benchmarks/bench_mnist.py``:
+training-cost curve), then runs the batch-evaluation benchmark (``fex.bench``, as bench_mnist.py:
 same test digits, same features, same metrics, cost accounting of ``fex/compare.py``) for
 fex, KernelShap, Lime, FeatureAblation, RISE and IntegratedGradients. From those numbers:
 
@@ -20,7 +20,6 @@ Prints markdown tables (also written to ``<out>/report.md``) and ``<out>/scaling
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -29,7 +28,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # this checkout's fex, also when another one is installed
+
+from fex.bench import bench, load, machine, read_training_curve, train_explainer, train_overrides  # noqa: E402,F401
 
 METHODS = "fex,kernel_shap,lime,feature_ablation,rise,integrated_gradients"
 COMPARED = ("kernel_shap", "feature_ablation")  # per-instance methods fex must amortize against
@@ -56,27 +57,6 @@ def break_even(fixed: float, per_explanation: float, other_per_explanation: floa
     while n > 1 and fixed + per_explanation * (n - 1) < other_per_explanation * (n - 1):
         n -= 1
     return n
-
-
-def read_training_curve(metrics_csv: str | Path) -> list[dict]:
-    """Validation points of a CSVLogger ``metrics.csv``: one dict per validation, sorted by training
-    queries, with ``train_queries``, ``reward`` (val/reward), ``deletion_auc`` (val/deletion_auc; None
-    if not logged), ``step`` and ``epoch``. Rows of the same step are merged (loggers may split them)."""
-    by_step: dict[int, dict] = {}
-    with open(metrics_csv, newline="") as fh:
-        for row in csv.DictReader(fh):
-            step = int(float(row["step"]))
-            merged = by_step.setdefault(step, {})
-            merged.update({k: v for k, v in row.items() if v not in ("", None)})
-    points = []
-    for step, row in by_step.items():
-        if "val/train_queries" not in row or "val/reward" not in row:
-            continue
-        d = row.get("val/deletion_auc")
-        points.append({"step": step, "epoch": int(float(row.get("epoch", 0))),
-                       "train_queries": float(row["val/train_queries"]), "reward": float(row["val/reward"]),
-                       "deletion_auc": float(d) if d is not None else None})
-    return sorted(points, key=lambda p: (p["train_queries"], p["step"]))
 
 
 def queries_to_reach(curve: Sequence[dict], key: str, fraction: float = 0.95, higher_is_better: bool = True) -> float | None:
@@ -115,44 +95,15 @@ def break_even_rows(grid_rows: Sequence[dict], against: Sequence[str] = COMPARED
 
 
 # --------------------------------------------------------------------------- running
-def train_overrides(grid: int, out: Path, epochs: int, val_per_epoch: int, limit: int | None) -> list[str]:
-    o = [f"masker.grid=[{grid},{grid}]", f"trainer.max_epochs={epochs}", f"output_dir={out}",
-         "trainer.enable_progress_bar=false", "gallery_size=4", "hydra.job.chdir=false"]
-    if val_per_epoch > 1:
-        o.append(f"+trainer.val_check_interval={1.0 / val_per_epoch}")
-    if limit:
-        o += [f"data.limit={limit}", "trainer.limit_val_batches=2", "val_auc_examples=8"]
-    return o
-
-
-def train_explainer(grid: int, out: Path, epochs: int, val_per_epoch: int, limit: int | None) -> dict:
-    """Train an explainer for a ``grid`` x ``grid`` patch masker; training cost and curve."""
-    from hydra import compose, initialize_config_dir
-
-    from fex.tasks.train import train
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", [o for o in train_overrides(grid, out, epochs, val_per_epoch, limit)
-                                if not o.startswith("hydra.")])
-    metrics, _ = train(cfg)
-    csv_path = out / "logs" / "version_0" / "metrics.csv"
-    curve = read_training_curve(csv_path) if csv_path.is_file() else []
-    return {"checkpoint": metrics["checkpoint"], "train_queries": float(metrics["train/queries"]),
-            "train_seconds": float(metrics["train/seconds"]), "val_reward": metrics.get("val/reward"),
-            "val_deletion_auc": metrics.get("val/deletion_auc"), "curve": curve}
-
-
 def run_grid(grid: int, out: Path, a: argparse.Namespace) -> dict:
     """Train fex for one grid, then the side-by-side benchmark of every method on the same digits."""
-    import bench_mnist  # helper-1's batch-evaluation benchmark (benchmarks/bench_mnist.py)
-
     tr = train_explainer(grid, out / f"train_{grid}x{grid}", a.epochs, a.val_per_epoch, a.limit)
     overrides = [f"compare.steps={a.steps}", f"method.kernel_shap.n_samples={a.kernel_shap_samples}",
                  f"method.lime.n_samples={a.lime_samples}", f"method.rise.n_masks={a.rise_masks}",
                  f"method.integrated_gradients.n_steps={a.ig_steps}"]
-    cfg, bb, explainer, ds = bench_mnist.load(tr["checkpoint"], a.methods, overrides)
+    cfg, bb, explainer, ds = load(tr["checkpoint"], a.methods, overrides)
     x = ds.x[: a.n]
-    rows = bench_mnist.bench(cfg, bb, explainer, x, a.batch_size)
+    rows = bench(cfg, bb, explainer, x, a.batch_size)
     methods = {r["method"]: {k: v for k, v in r.items() if k not in ("scores", "curves")} for r in rows}
     return {"grid": f"{grid}x{grid}", "features": grid * grid, "n": len(x), **tr, "methods": methods}
 
@@ -219,7 +170,7 @@ def break_even_table(rows: Sequence[dict]) -> str:
 
 
 def plot_time(grids: Sequence[dict], path: Path) -> Path:
-    from fex.plotting import _plt, save_figure
+    from fex.render.plots import _plt, save_figure
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -245,7 +196,7 @@ def plot_time(grids: Sequence[dict], path: Path) -> Path:
 
 
 def plot_break_even(grids: Sequence[dict], rows: Sequence[dict], path: Path) -> Path:
-    from fex.plotting import _plt, save_figure
+    from fex.render.plots import _plt, save_figure
 
     plt = _plt()
     fig, axes = plt.subplots(2, len(grids), figsize=(3.6 * len(grids), 6.2), squeeze=False)
@@ -277,7 +228,7 @@ def plot_break_even(grids: Sequence[dict], rows: Sequence[dict], path: Path) -> 
 
 
 def plot_training_curve(grids: Sequence[dict], path: Path) -> Path:
-    from fex.plotting import _plt, save_figure
+    from fex.render.plots import _plt, save_figure
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -337,9 +288,6 @@ def main(argv: list[str] | None = None) -> dict:
     if a.quick:
         a.grids, a.epochs, a.val_per_epoch, a.limit, a.n, a.batch_size = "2,4", 1, 2, 128, 4, 2
         a.steps, a.kernel_shap_samples, a.lime_samples, a.rise_masks, a.ig_steps = 4, 16, 16, 16, 4
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import bench_mnist
-
     out = Path(a.out)
     figs = Path(a.figures or out)
     out.mkdir(parents=True, exist_ok=True)
@@ -352,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{grids[0]['n']} test digits per method, batches of {a.batch_size}, curves of {a.steps} steps; "
               f"fex trained {a.epochs} epoch(s) per grid{f' on data.limit={a.limit}' if a.limit else ''}; budgets: "
               f"KernelShap {a.kernel_shap_samples}, Lime {a.lime_samples}, RISE {a.rise_masks} masks, IG {a.ig_steps} "
-              f"steps, FeatureAblation F+1. {bench_mnist.machine()}. Wall time {time.perf_counter() - t0:.0f}s."
+              f"steps, FeatureAblation F+1. {machine()}. Wall time {time.perf_counter() - t0:.0f}s."
               + (" QUICK MODE: smoke settings, numbers are not meaningful." if a.quick else ""))
     return render(grids, header, out, figs, a.quick)
 

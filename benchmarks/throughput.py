@@ -143,7 +143,7 @@ def run_one(checkpoint: str, size: int, devices: int, batch_size: int, out: Path
         shutil.rmtree(run_dir)  # a fresh run, not a resume
     run_dir.mkdir(parents=True)
     cmd = [sys.executable, "evaluate.py", f"checkpoint={checkpoint}", "method=[]", "attribution.score=false",
-           f"attribution.batch_size={batch_size}", "data._target_=benchmarks.throughput.RepeatedMNIST",
+           f"attribution.batch_size={batch_size}", "data=mnist", "data._target_=benchmarks.throughput.RepeatedMNIST",
            f"+data.size={size}", f"trainer.devices={devices}", f"hydra.run.dir={run_dir}"]
     if devices > 1:
         cmd += ["trainer.strategy=ddp", "trainer.accelerator=cpu"]
@@ -197,7 +197,7 @@ def fit_table(runs: Sequence[dict]) -> tuple[str, dict]:
 
 
 def plot(runs: Sequence[dict], fits: dict, path: Path) -> Path:
-    from fex.plotting import _plt, save_figure
+    from fex.render.plots import _plt, save_figure
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -240,8 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
     default = ROOT / "outputs/scaling/train_7x7/explainer.ckpt"
     ckpt = Path(a.checkpoint) if a.checkpoint else None if a.quick else default
     if ckpt is None or not ckpt.is_file():
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from scaling import train_explainer
+        from fex.bench import train_explainer
 
         ckpt = Path(train_explainer(7, out / "train_7x7", epochs=1, val_per_epoch=1, limit=128)["checkpoint"])
     runs = []

@@ -1,51 +1,83 @@
-"""Console commands (pyproject [project.scripts]); each takes Hydra-style ``key=value`` overrides.
+"""Console commands (pyproject ``[project.scripts]``): ``fex-train``, ``fex-evaluate``, ``fex-explain``.
 
-``fex-train`` / ``fex-evaluate`` run the repo-root Hydra shims (same output dirs, multirun,
-DDP relaunch); ``fex-explain`` composes ``conf/explain.yaml`` and writes where it is told.
+Each is a ``@hydra.main`` app over the config tree that ships with the package (``conf/`` in a
+checkout, ``fex/conf`` when installed), so they run the same configs from any directory, take
+Hydra overrides (``group=option key=value``, ``-m`` sweeps) and list the config groups with
+``--help``. The repo-root ``train.py`` / ``evaluate.py`` shims call the same functions.
+Errors end with one line ``error: ...`` and exit code 2.
 """
 from __future__ import annotations
 
-import runpy
+import os
 import sys
-from pathlib import Path
+from typing import Any, Callable
+
+import hydra
+from omegaconf import DictConfig
 
 from fex.errors import FexError
+from fex.tasks.common import conf_dir
 
-ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("WANDB_MODE", "offline")  # never reach for the network unless asked
+CONF = str(conf_dir())
 
 
-def _shim(name: str) -> None:
-    script = ROOT / f"{name}.py"
-    sys.argv = [str(script), *sys.argv[1:]]
-    runpy.run_path(str(script), run_name="__main__")
+def _run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    try:
+        return task(cfg)
+    except FexError as exc:
+        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="train")
+def train_app(cfg: DictConfig) -> float:
+    """Train an explainer (``conf/train.yaml``); returns the best validation reward for sweepers."""
+    from fex.tasks.train import train
+
+    metrics, _ = _run(train, cfg)
+    return metrics.get("val/reward", float("nan"))
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="evaluate")
+def evaluate_app(cfg: DictConfig) -> None:
+    """Batch attribution and the comparison against baselines (``conf/evaluate.yaml``)."""
+    from fex.tasks.evaluate import evaluate
+
+    _run(evaluate, cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="explain")
+def explain_app(cfg: DictConfig) -> None:
+    """Explain the user's files or one text with a checkpoint (``conf/explain.yaml``)."""
+    from fex.tasks.explain import explain
+
+    _run(explain, cfg)
 
 
 def train_main() -> None:
-    _shim("train")
+    train_app()
 
 
 def evaluate_main() -> None:
-    _shim("evaluate")
+    evaluate_app()
 
 
 def explain_main(argv: list[str] | None = None) -> int:
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from fex.tasks.explain import explain
-
-    args = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__.strip() + "\n\nusage: fex-explain checkpoint=PATH input=FOLDER|FILE [output_dir=DIR] [key=value ...]")
+    """``fex-explain key=value ...``; with ``argv`` (tests, notebooks) it returns the exit code."""
+    if argv is None:
+        explain_app()
         return 0
+    from hydra.core.global_hydra import GlobalHydra
+
+    saved = sys.argv
+    sys.argv = ["fex-explain", *argv]
+    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("explain", overrides=args)
-        explain(cfg)
-    except (FexError, HydraException, OmegaConfBaseException) as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        if argv is None:
-            sys.exit(2)
-        return 2
+        explain_app()
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    finally:
+        sys.argv = saved
+        GlobalHydra.instance().clear()
     return 0

@@ -9,6 +9,10 @@ Cost, per method:
   query is not charged to anyone.
 - ``sec_per_expl``: median over batches of (batch wall time / batch size), after one
   warm-up example per method (lazy initialisation is not charged).
+- ``forward_passes`` / ``backward_passes``: rows evaluated forward / back-propagated through the
+  target (``nn.Module`` targets; :class:`fex.methods.cost.PassCounter`) per explanation: a query is
+  one forward row, an IG step one forward and one backward row. ``policy_calls``: batched forward
+  calls of an amortized explainer's policy per explanation (FEX: one per batch).
 - ``peak_mem_mib``: peak resident memory *increase* while the method explains one batch.
   On Linux we release freed heap memory back to the OS (``malloc_trim``), reset the
   kernel's high-water mark (``/proc/self/clear_refs`` = 5) and read ``VmHWM - VmRSS`` around
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import os
 import statistics
 import time
 import tracemalloc
@@ -90,24 +93,30 @@ def explain_all(method: Any, masker: Masker, x: Any, target: torch.Tensor, batch
     dev = masker.device_of(x)
     if warmup:
         method.attribute(masker.select(x, torch.tensor([0], device=dev)), target[:1])
-    times, scores, q0, mem, mem_method = [], [], bb.queries, 0.0, "none"
-    for i, sl in enumerate(_batches(n, batch_size)):
-        xb = masker.select(x, torch.arange(sl.start, sl.stop, device=dev))
-        if i == 0:
-            with PeakMemory() as pm:
+    from fex.methods.cost import PassCounter, method_modules
+
+    target_module, policy = method_modules(method)
+    times, scores, mem, mem_method = [], [], 0.0, "none"
+    with bb.counting() as queries, PassCounter(target_module) as passes, PassCounter(policy) as pol:
+        for i, sl in enumerate(_batches(n, batch_size)):
+            xb = masker.select(x, torch.arange(sl.start, sl.stop, device=dev))
+            if i == 0:
+                with PeakMemory() as pm:
+                    t0 = time.perf_counter()
+                    s = method.attribute(xb, target[sl])
+                    dt = time.perf_counter() - t0
+                mem, mem_method = pm.mib, pm.method
+            else:
                 t0 = time.perf_counter()
                 s = method.attribute(xb, target[sl])
                 dt = time.perf_counter() - t0
-            mem, mem_method = pm.mib, pm.method
-        else:
-            t0 = time.perf_counter()
-            s = method.attribute(xb, target[sl])
-            dt = time.perf_counter() - t0
-        times.append(dt / (sl.stop - sl.start))
-        scores.append(s.float().cpu())
+            times.append(dt / (sl.stop - sl.start))
+            scores.append(s.float().cpu())
     return {"scores": torch.cat(scores), "sec_per_expl": statistics.median(times),
-            "queries_per_expl": (bb.queries - q0) / n, "peak_mem_mib": mem, "mem_method": mem_method,
-            "batch_size": batch_size}
+            "queries_per_expl": queries.n / n, "forward_passes": passes.forward / n if target_module else None,
+            "backward_passes": passes.backward / n if target_module else None,
+            "policy_calls": pol.calls / n if policy is not None else None, "peak_mem_mib": mem,
+            "mem_method": mem_method, "batch_size": batch_size}
 
 
 def score_all(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, target: torch.Tensor,
@@ -116,31 +125,36 @@ def score_all(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, 
     n = masker.batch_size(x)
     dev = masker.device_of(x)
     parts: list[dict] = []
-    q0 = blackbox.queries
-    for sl in _batches(n, batch_size):
-        xb = masker.select(x, torch.arange(sl.start, sl.stop, device=dev))
-        parts.append({k: v.cpu() for k, v in M.faithfulness(blackbox, masker, xb, scores[sl], target[sl],
-                                                                 **metric_kwargs).items()})
-    blackbox.queries = q0  # metric queries are not the method's cost
+    with blackbox.uncounted():  # metric queries are not the method's cost
+        for sl in _batches(n, batch_size):
+            xb = masker.select(x, torch.arange(sl.start, sl.stop, device=dev))
+            parts.append({k: v.cpu() for k, v in M.faithfulness(blackbox, masker, xb, scores[sl], target[sl],
+                                                                     **metric_kwargs).items()})
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 def run_methods(blackbox: BlackBox, masker: Masker, x: Any, target: torch.Tensor,
                 methods: Mapping[str, Callable[[], Any] | Any], batch_size: int = 16, metric_masker: Masker | None = None,
-                metric_kwargs: Mapping[str, Any] | None = None, log: Callable[[str], None] | None = print) -> list[dict]:
+                metric_kwargs: Mapping[str, Any] | None = None, log: Callable[[str], None] | None = print,
+                precomputed: Mapping[str, dict] | None = None) -> list[dict]:
     """Explain ``x`` (N examples, explained class ``target`` [N]) with every method and score them.
 
     ``methods`` maps a name to a method object or a zero-argument factory (built lazily so a
     failing method is reported, not fatal). Metrics use ``metric_masker`` (default ``masker``;
-    e.g. another substrate) identically for every method. Returns one row per method:
+    e.g. another substrate) identically for every method. ``precomputed`` maps a name to a record
+    shaped like :func:`explain_all`'s (scores and cost measured elsewhere, e.g. the explainer's
+    attribution shards): that method is scored, not run again. Returns one row per method:
     cost fields, mean quality metrics, and (non-JSON) ``scores`` / ``curves`` for plotting.
     """
     mm = metric_masker or masker
     rows = []
     for name, m in methods.items():
         try:
-            method = m() if callable(m) and not hasattr(m, "attribute") else m
-            rec = explain_all(method, masker, x, target, batch_size)
+            if name in (precomputed or {}):
+                rec = precomputed[name]
+            else:
+                method = m() if callable(m) and not hasattr(m, "attribute") else m
+                rec = explain_all(method, masker, x, target, batch_size)
         except Exception as exc:  # noqa: BLE001 - one broken method must not sink the comparison
             if log:
                 log(f"method {name} failed: {type(exc).__name__}: {exc}")
@@ -172,8 +186,8 @@ def add_ratios(rows: list[dict], reference: str = "kernel_shap") -> list[dict]:
         if ref is None or "error" in r:
             continue
 
-        def ratio(a: float, b: float) -> float | None:
-            return a / b if b else None
+        def ratio(a: float | None, b: float | None) -> float | None:
+            return a / b if a is not None and b else None
 
         r["speedup_vs_ref"] = ratio(ref["sec_per_expl"], r["sec_per_expl"])
         r["queries_vs_ref"] = ratio(r["queries_per_expl"], ref["queries_per_expl"])
@@ -197,9 +211,12 @@ def markdown_table(rows: list[dict], reference: str = "kernel_shap") -> str:
         if "error" in r:
             lines.append(f"| {r['method']} | failed: {r['error'][:80]} |" + " |" * (head.count("|") - 3))
             continue
+        def pm(k: str, r: dict = r) -> str:  # mean +- spread across training seeds, where there are several
+            return f"{r[k]:.4f}" + (f" ± {r[k + '_std']:.4f}" if f"{k}_std" in r else "")
+
         lines.append(
-            f"| {r['method']} | {r['sec_per_expl'] * 1e3:.3g} | {r['queries_per_expl']:.0f} | {r['peak_mem_mib']:.1f} "
-            f"| {r['deletion_auc']:.4f} | {r['insertion_auc']:.4f} | {r['aopc']:.4f} | {r['comprehensiveness']:.4f} "
+            f"| {r['method']} | {r['sec_per_expl'] * 1e3:.3g} | {r['queries_per_expl']:.0f} | {_fmt(r['peak_mem_mib'], '.1f')} "
+            f"| {pm('deletion_auc')} | {pm('insertion_auc')} | {r['aopc']:.4f} | {r['comprehensiveness']:.4f} "
             f"| {r['sufficiency']:.4f} | {r['faithfulness_corr']:.3f} | {_fmt(r.get('speedup_vs_ref'), '.3g')}x "
             f"| {_fmt(r.get('queries_vs_ref'), '.3g')} | {_fmt(r.get('mem_vs_ref'), '.3g')} "
             f"| {_fmt(r.get('deletion_vs_ref'), '.3f')} | {_fmt(r.get('insertion_vs_ref'), '.3f')} |")

@@ -10,6 +10,7 @@ the target's fingerprint (config + weights hash), checked when loading.
 from __future__ import annotations
 
 import os
+import time
 from functools import partial
 from typing import Any, Callable
 
@@ -18,12 +19,11 @@ import torch
 
 from fex import objective as obj
 from fex.blackbox import BlackBox, fingerprints_match
-from fex.errors import CheckpointError, InputError, TargetMismatchError
+from fex.errors import InputError, TargetMismatchError
 from fex.maskers.base import Masker
 from fex.metrics import deletion_auc, insertion_auc
 
-CKPT_KEY = "fex"
-CKPT_VERSION = 1
+CKPT_KEY = "fex"  # ckpt["fex"]: format in fex/explainer.py
 
 
 class ExplainerModule(pl.LightningModule):
@@ -330,6 +330,12 @@ class ExplainerModule(pl.LightningModule):
             raise InputError(f"target class out of range 0..{c - 1}: {t.tolist()}")
         return t
 
+    @property
+    def class_names(self) -> list[str]:
+        """Names of the target's classes (from the data, saved in the checkpoint), else ``"0".."C-1"``."""
+        names = self.config.get("class_names")
+        return list(names) if names else [str(i) for i in range(int(self.policy.num_classes))]
+
     def attribute(self, inputs: Any, target: Any = None) -> torch.Tensor:
         """Captum-style: attributions in the input's shape for ``target`` (default: the prediction)."""
         return self.explain(inputs, target)["attributions"]
@@ -339,52 +345,56 @@ class ExplainerModule(pl.LightningModule):
         return self.explain(inputs, target)["scores"]
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """One row per input: the black box's prediction and its probability (one query per input),
+        the explanation of that class, and what the explanation alone cost (``seconds`` per row;
+        ``peak_mem_mib`` on a job's first batch, else NaN). Evaluation reuses all of it."""
         x = batch[0]
-        out = self.explain(x)
+        self.masker.validate(x)
+        probs = self._bb()(x) if self.blackbox is not None else None
+        target = probs.argmax(-1) if probs is not None else None
+        mem = float("nan")
+        if batch_idx == 0:
+            from fex.compare import PeakMemory
+
+            with PeakMemory() as pm:
+                t0 = time.perf_counter()
+                out = self.explain(x, target)
+                dt = time.perf_counter() - t0
+            mem = pm.mib
+        else:
+            t0 = time.perf_counter()
+            out = self.explain(x, target)
+            dt = time.perf_counter() - t0
+        if not out:
+            return out
+        b = out["target"].shape[0]
+        out["probability"] = (probs.gather(1, out["target"].to(probs.device)[:, None]).squeeze(1) if probs is not None
+                              else torch.full((b,), float("nan")))
+        out["seconds"] = torch.full((b,), dt / b)
+        out["peak_mem_mib"] = torch.full((b,), mem)
         out["index"] = batch[2] if len(batch) > 2 else None
         return out
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[CKPT_KEY] = {
-            "version": CKPT_VERSION,
-            "config": self.config,
-            "target": self.blackbox.fingerprint() if self.blackbox is not None else self._saved_fingerprint,
-        }
+        from fex.explainer import CKPT_KEY, checkpoint_meta
+
+        checkpoint[CKPT_KEY] = checkpoint_meta(self)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resuming training (``Trainer.fit(ckpt_path=...)``): the query count goes on from the checkpoint's."""
+        from fex.explainer import CKPT_KEY
+
+        self._train_queries = int(checkpoint.get(CKPT_KEY, {}).get("train_queries") or 0)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, target: Any = None, allow_target_mismatch: bool = False,
                         map_location: str | torch.device = "cpu") -> "ExplainerModule":
-        """Rebuild an explainer from its checkpoint alone (configs inside) and attach ``target``.
+        """Rebuild an explainer from its checkpoint alone; see :func:`fex.explainer.load_explainer`."""
+        from fex.explainer import load_explainer
 
-        ``target`` (nn.Module, callable or BlackBox) is checked against the saved fingerprint;
-        a mismatch raises :class:`TargetMismatchError` unless ``allow_target_mismatch``.
-        """
-        from hydra.utils import instantiate  # local: keeps `import fex` light
-
-        ckpt = load_checkpoint_dict(path, map_location)
-        meta = ckpt[CKPT_KEY]
-        cfg = meta["config"]
-        try:
-            masker = instantiate(cfg["masker"])
-            backbone = instantiate(cfg["policy"]["backbone"])
-            policy = instantiate({k: v for k, v in cfg["policy"].items() if k != "backbone"}, backbone=backbone)
-            objective = obj.FexObjective(**cfg.get("objective", {}))
-        except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"checkpoint {path}: cannot rebuild the explainer from its config ({exc})") from exc
-        module = cls(policy=policy, masker=masker, objective=objective, config=cfg)
-        state = {k[len("policy."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
-        try:
-            policy.load_state_dict(state)
-        except RuntimeError as exc:
-            raise CheckpointError(f"checkpoint {path}: policy weights do not fit its config ({str(exc).splitlines()[0]})") from exc
-        module._saved_fingerprint = meta.get("target")
-        module.eval()
-        if target is not None:
-            bb = target if isinstance(target, BlackBox) else BlackBox(target)
-            module.check_target(bb, allow_target_mismatch)
-            module.attach(bb)
-        return module
+        return load_explainer(path, target=target, allow_target_mismatch=allow_target_mismatch,
+                              map_location=map_location)
 
     def check_target(self, bb: BlackBox, allow_mismatch: bool = False) -> None:
         saved = self._saved_fingerprint
@@ -398,14 +408,7 @@ class ExplainerModule(pl.LightningModule):
 
 
 def load_checkpoint_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """torch.load an fex checkpoint with one-line errors for missing/corrupt/foreign files."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__})") from exc
-    if not isinstance(ckpt, dict) or CKPT_KEY not in ckpt or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not an fex explainer checkpoint")
-    return ckpt
+    """The checkpoint dict (read once, checked); see :func:`fex.explainer.read_checkpoint`."""
+    from fex.explainer import read_checkpoint
+
+    return read_checkpoint(path, map_location)

@@ -2,7 +2,8 @@
 
 Each predicted batch becomes one ``.npz`` shard named by the smallest dataset index it
 holds (``shard-000001234.npz``), with arrays ``index`` [B], ``scores`` [B, F], ``target``
-[B], ``valid`` [B, F] (and optionally ``attributions``). Shards are written to a temporary
+[B] (the black box's prediction), ``probability`` [B] (its probability), ``valid`` [B, F],
+``seconds`` [B] (explanation time per row), ``peak_mem_mib`` [B] (and optionally ``attributions``). Shards are written to a temporary
 file and renamed (``os.replace``), so a killed run leaves either a whole shard or none.
 
 Resuming: :func:`finished_indices` reads the indices already on disk and the evaluate
@@ -23,6 +24,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import Sampler
 
 from fex.errors import DataError
+from fex.io import atomic_write
 
 SHARD_GLOB = "shard-*.npz"
 
@@ -34,13 +36,8 @@ def shard_path(directory: str | os.PathLike, index: np.ndarray) -> Path:
 def write_shard(directory: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
     """Write one shard atomically (tmp file in the same directory, fsync, rename)."""
     path = shard_path(directory, arrays["index"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_write(path) as fh:
         np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return path
 
 
@@ -75,7 +72,8 @@ def read_shards(directory: str | os.PathLike, keys: Sequence[str] | None = None)
         return {}
     width = max(p["scores"].shape[1] for p in parts) if "scores" in parts[0] else None
     out = {}
-    for k in parts[0]:
+    common = set.intersection(*(set(p) for p in parts))  # shards of an older run may lack newer fields
+    for k in [k for k in parts[0] if k in common]:
         arrs = [p[k] for p in parts]
         if width is not None and k in ("scores", "valid") and any(a.shape[1] != width for a in arrs):
             arrs = [np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in arrs]  # variable-length features
@@ -98,7 +96,8 @@ class AttributionWriter(BasePredictionWriter):
             to rebuild them with ``masker.expand``).
     """
 
-    def __init__(self, output_dir: str | os.PathLike, keys: Sequence[str] = ("scores", "target", "valid"),
+    def __init__(self, output_dir: str | os.PathLike,
+                 keys: Sequence[str] = ("scores", "target", "probability", "valid", "seconds", "peak_mem_mib"),
                  save_attributions: bool = False) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)

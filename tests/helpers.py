@@ -1,18 +1,15 @@
 """Small synthetic worlds with known answers, shared by tests."""
 from __future__ import annotations
 
-from functools import partial
-
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
 from fex.blackbox import BlackBox
 from fex.data.mnist import IndexedTensorDataset
-from fex.maskers.image import PatchMasker
+from fex.explainer import build_explainer
 from fex.module import ExplainerModule
 from fex.objective import FexObjective
-from fex.policy import ConvBackbone, Policy
 
 PLANTED = (5, 10)  # the only patches (of a 4x4 grid on 16x16 images) the black box looks at
 
@@ -39,17 +36,17 @@ def synthetic_images(n: int, seed: int, size: int = 16) -> torch.Tensor:
 
 def small_explainer(num_classes: int = 2, grid=(4, 4), size: int = 16, objective: FexObjective | None = None,
                     blackbox=None, lr: float = 3e-3) -> ExplainerModule:
-    masker_cfg = {"_target_": "fex.maskers.image.PatchMasker", "grid": list(grid), "input_shape": [1, size, size],
-                  "baseline": "zeros", "fill": None, "blur_sigma": 2.0}
-    backbone_cfg = {"_target_": "fex.policy.ConvBackbone", "in_channels": 1, "width": 8, "depth": 1, "out_dim": 16, "coords": True}
-    policy_cfg = {"_target_": "fex.policy.Policy", "num_classes": num_classes, "hidden": 32, "init_bias": 0.0,
-                  "backbone": backbone_cfg}
-    objective = objective or FexObjective()
-    policy = Policy(ConvBackbone(1, 8, 1, 16), num_classes, hidden=32)
-    masker = PatchMasker(grid, (1, size, size))
-    config = {"masker": masker_cfg, "policy": policy_cfg, "objective": objective.as_dict()}
-    return ExplainerModule(policy, masker, objective, partial(torch.optim.Adam, lr=lr), blackbox=blackbox,
-                           config=config, val_auc_examples=0)
+    """A small conv explainer over a grid of patches, built the one way explainers are built."""
+    backbone = {"_target_": "fex.policy.ConvBackbone", "in_channels": 1, "width": 8, "depth": 1, "out_dim": 16,
+                "coords": True}
+    cfg = {"masker": {"_target_": "fex.maskers.image.PatchMasker", "grid": list(grid), "input_shape": [1, size, size],
+                      "baseline": "zeros", "fill": None, "blur_sigma": 2.0},
+           "policy": {"_target_": "fex.policy.Policy", "num_classes": num_classes, "hidden": 32, "init_bias": 0.0,
+                      "backbone": backbone},
+           "objective": (objective or FexObjective()).as_dict(),
+           "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": lr},
+           "num_classes": num_classes, "val_auc_examples": 0}
+    return build_explainer(cfg, blackbox=blackbox)
 
 
 def fit(module: ExplainerModule, x: torch.Tensor, steps: int, batch_size: int = 64, seed: int = 0,

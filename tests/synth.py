@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -51,10 +52,11 @@ class RandomImages(Dataset):
         return self.x[i], self.y[i], i
 
 
-class RandomImagesData:
-    """Minimal datamodule-like object: ``<split>_dataloader()``."""
+class RandomImagesData(pl.LightningDataModule):
+    """Minimal datamodule: the same images for every split (``<split>_dataloader()``)."""
 
     def __init__(self, n: int = 64, batch_size: int = 8, seed: int = 0, size: int = 28) -> None:
+        super().__init__()
         self.ds = RandomImages(n, seed)
         if size != 28:
             self.ds.x = torch.rand(n, 1, size, size)
@@ -67,27 +69,25 @@ class RandomImagesData:
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.ds, batch_size=self.batch_size)
 
-    val_dataloader = predict_dataloader = test_dataloader
+    train_dataloader = val_dataloader = predict_dataloader = test_dataloader
 
 
-def make_checkpoint(path, blackbox, num_classes: int = 2, grid: int = 7, seed: int = 0) -> str:
-    """A freshly initialised explainer saved as an fex checkpoint (configs + fingerprint inside)."""
-    from hydra.utils import instantiate
+SYNTH_DATA = {"_target_": "tests.synth.RandomImagesData", "n": 40, "batch_size": 8, "seed": 0, "num_classes": 2,
+              "input_shape": [1, 28, 28]}  # = tests/conf/data/synth.yaml
 
-    from fex.module import CKPT_KEY, CKPT_VERSION, ExplainerModule
+
+def make_checkpoint(path, blackbox, num_classes: int = 2, grid: int = 7, seed: int = 0, data: dict | None = None) -> str:
+    """A freshly initialised explainer saved as a self-describing fex checkpoint (the synth data
+    config and the black box's target config inside, as ``train`` would store them)."""
+    from fex.explainer import build_explainer, save_explainer
 
     torch.manual_seed(seed)
-    config = {
+    cfg = {
         "masker": {"_target_": "fex.maskers.image.PatchMasker", "grid": [grid, grid], "input_shape": [1, 28, 28]},
         "policy": {"_target_": "fex.policy.Policy", "num_classes": num_classes, "hidden": 16,
                    "backbone": {"_target_": "fex.policy.ConvBackbone", "in_channels": 1, "width": 8, "depth": 1,
                                 "out_dim": 16}},
         "objective": {},
+        "data": data or SYNTH_DATA, "target": blackbox.config or None, "num_classes": num_classes,
     }
-    policy = instantiate({k: v for k, v in config["policy"].items() if k != "backbone"},
-                         backbone=instantiate(config["policy"]["backbone"]))
-    module = ExplainerModule(policy=policy, masker=instantiate(config["masker"]), blackbox=blackbox, config=config)
-    ckpt = {"state_dict": module.state_dict(),
-            CKPT_KEY: {"version": CKPT_VERSION, "config": config, "target": blackbox.fingerprint()}}
-    torch.save(ckpt, path)
-    return str(path)
+    return save_explainer(build_explainer(cfg, blackbox=blackbox), path)

@@ -58,24 +58,37 @@ def test_frozen_encoder_state_dict_and_partial_finetune():
     top.load_state_dict(top.state_dict())  # round trip with frozen weights filled from the model
 
 
-def test_explain_command_takes_a_sentence(tmp_path, capsys):
-    """fex-explain text="..." explains one sentence word by word (scores.json + terminal words)."""
+def test_text_checkpoint_alone_explains_and_evaluates(tmp_path, capsys):
+    """fex-explain text="..." / input=file.txt and evaluate with nothing but the checkpoint: its data
+    and target configs come from inside it; words go to scores.json, the terminal and an HTML gallery."""
     import json
 
     from fex.cli import explain_main
+    from fex.tasks.evaluate import evaluate
     from fex.tasks.train import train
 
     cfg = compose("train", TEXT_FAST + FAST + ["policy=word_embedding"], output_dir=tmp_path)
     metrics, _ = train(cfg)
-    over = ["data=rotten_tomatoes", "target=text_callable", "target.model.path=tests.text_helpers.planted_great",
-            "target.output=probs", f"checkpoint={metrics['checkpoint']}", f"output_dir={tmp_path / 'out'}"]
+    assert metrics["gallery"].endswith("heatmaps.html") and "target/test_accuracy" in metrics
+    over = [f"checkpoint={metrics['checkpoint']}", f"output_dir={tmp_path / 'out'}"]
     assert explain_main(over + ["text=a truly great little film"]) == 0
     got = json.loads((tmp_path / "out" / "scores.json").read_text())
     rec = got["explained"][0]
     assert rec["words"] == ["a", "truly", "great", "little", "film"] and len(rec["scores"]) == 5
+    assert rec["class"] in ("rotten", "fresh") and 0 < rec["probability"] <= 1
     assert "great" in capsys.readouterr().out
     assert explain_main(over + ["text=   "]) == 2  # empty text: one-line error
     assert capsys.readouterr().err.strip().startswith("error:")
+    f = tmp_path / "reviews.txt"
+    f.write_text("a great film\n\nnot good at all\n")
+    assert explain_main([f"checkpoint={metrics['checkpoint']}", f"input={f}", f"output_dir={tmp_path / 'o2'}"]) == 0
+    got = json.loads((tmp_path / "o2" / "scores.json").read_text())
+    assert [r["line"] for r in got["explained"]] == [1, 2] and got["explained"][1]["words"][2] == "at"
+    ev = compose("evaluate", [f"checkpoint={metrics['checkpoint']}", "method=[fex,random]", "compare.num_examples=4",
+                              "compare.batch_size=2", "attribution.score=false"], output_dir=tmp_path / "ev")
+    m, objects = evaluate(ev)
+    assert m["attribution/rows"] == len(objects["datamodule"].dataset("test"))
+    assert (tmp_path / "ev" / "gallery.html").is_file() and m["files"]["gallery"].endswith("gallery.html")
 
 
 def test_truncated_encoder_policy_is_the_first_layers_and_reloads(tmp_path):

@@ -5,7 +5,7 @@ import io
 
 import torch
 
-from fex.textviz import ansi_words, html_page, print_terminal, write_html
+from fex.render.text import ansi_words, html_page, print_terminal, write_html
 
 
 def test_html_page(tmp_path):
@@ -30,18 +30,16 @@ def test_terminal_colours():
     assert buf.getvalue() == "[0] fresh p=0.900: good[0.80] film[0.10]\n"  # not a TTY: no colour
 
 
-def test_explainer_report(tmp_path):
-    from fex import BlackBox, ExplainerModule
+def test_the_word_masker_draws_its_own_gallery(tmp_path):
+    """Modality lives in the masker: its renderer writes the HTML page (FEX row + method rows)."""
     from fex.maskers.text import WordMasker
-    from fex.policy import Policy
-    from fex.policy.text import WordEmbeddingBackbone
-    from fex.textviz import explainer_report
-    from tests.text_helpers import planted_word_blackbox
 
-    torch.manual_seed(0)
-    module = ExplainerModule(Policy(WordEmbeddingBackbone(dim=8), 2, hidden=8), WordMasker(),
-                             blackbox=BlackBox(planted_word_blackbox(), output="probs"))
-    p = explainer_report(module, ["a great day", "a dull day"], tmp_path / "r.html", ["rotten", "fresh"], [1, 0])
+    masker = WordMasker()
+    x = masker.encode(["a great day", "a dull day"])
+    fex_scores, other = torch.tensor([[0.1, 0.9, 0.0], [0.2, 0.3, 0.1]]), torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    p = masker.renderer().gallery(x, [("FEX", fex_scores), ("kernel_shap", other)], tmp_path / "g",
+                                  ["y=fresh pred=fresh", "y=rotten pred=rotten"])
     page = p.read_text(encoding="utf-8")
-    assert "prediction <b>fresh</b> &middot; probability 0.950 &middot; label fresh" in page
-    assert "prediction <b>rotten</b> &middot; probability 0.950 &middot; label rotten" in page
+    assert p.name == "g.html" and page.count("class='ex'") == 2
+    assert "#0 &middot; y=fresh pred=fresh" in page and "kernel_shap" in page
+    assert 'title="0.9000">great</span>' in page

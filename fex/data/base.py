@@ -4,9 +4,18 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fex.errors import DataError
+
+
+def split_indices(n: int, val_size: int, test_size: int, seed: int) -> dict[str, torch.Tensor]:
+    """Fixed train/val/test split of range(n) by seed."""
+    if val_size + test_size >= n:
+        raise DataError(f"val_size + test_size = {val_size + test_size} leaves no training data of {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return {"test": perm[:test_size], "val": perm[test_size:test_size + val_size], "train": perm[test_size + val_size:]}
 
 
 class SplitDataModule(pl.LightningDataModule):

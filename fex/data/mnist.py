@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fex.data.base import SplitDataModule
+from fex.data.base import SplitDataModule, split_indices  # noqa: F401 (split_indices: re-exported)
 from fex.errors import DataError
 
 
@@ -34,14 +34,6 @@ def load_mnist() -> tuple[torch.Tensor, torch.Tensor]:
     x, y = mnist_data()
     x = torch.from_numpy(np.asarray(x, dtype=np.float32) / 255.0).view(-1, 1, 28, 28)
     return x, torch.from_numpy(np.asarray(y, dtype=np.int64))
-
-
-def split_indices(n: int, val_size: int, test_size: int, seed: int) -> dict[str, torch.Tensor]:
-    """Fixed train/val/test split of range(n) by seed."""
-    if val_size + test_size >= n:
-        raise DataError(f"val_size + test_size = {val_size + test_size} leaves no training data of {n}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return {"test": perm[:test_size], "val": perm[test_size:test_size + val_size], "train": perm[test_size + val_size:]}
 
 
 class MNISTDataModule(SplitDataModule):

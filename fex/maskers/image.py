@@ -145,3 +145,9 @@ class PatchMasker(Masker):
         """Scores [B, F] -> [B, C, H, W] (each pixel gets its patch's score)."""
         pix = scores[:, self._fmask(x)]  # [B, H, W]
         return pix.unsqueeze(1).expand(-1, x.shape[1], -1, -1)
+
+    def renderer(self):
+        """Heatmap PNGs; PNG/JPEG files as inputs."""
+        from fex.render.image import ImageRenderer
+
+        return ImageRenderer(self)

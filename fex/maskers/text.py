@@ -130,6 +130,18 @@ def encode_texts(texts: Sequence[str] | str, tokenizer: Any = None, max_length: 
             "attention_mask": enc["attention_mask"], "word_ids": wids}
 
 
+def pool_words(token_values: torch.Tensor, word_ids: torch.Tensor, f: int, reduce: str = "mean") -> torch.Tensor:
+    """Per-token values [B, L] or [B, L, D] -> per-word values [B, F] or [B, F, D]: the ``mean`` or ``sum``
+    over each word's subword tokens (``word_ids`` [B, L], -1 for special tokens and padding)."""
+    wid = word_ids.to(token_values.device)
+    onehot = (wid.unsqueeze(-1) == torch.arange(f, device=wid.device)).to(token_values.dtype)  # [B, L, F]
+    vals = token_values if token_values.dim() == 3 else token_values.unsqueeze(-1)
+    out = torch.einsum("blf,bld->bfd", onehot, vals)
+    if reduce == "mean":
+        out = out / onehot.sum(1).clamp_min(1).unsqueeze(-1)
+    return out if token_values.dim() == 3 else out.squeeze(-1)
+
+
 def word_scores(scores: torch.Tensor, x: dict) -> list[list[float]]:
     """Scores [B, F] -> one list of per-word scores per example (padding dropped)."""
     return [scores[i, : len(w)].tolist() for i, w in enumerate(x["words"])]
@@ -233,11 +245,7 @@ class WordMasker(Masker):
 
     def pool(self, feats: torch.Tensor, x: dict) -> torch.Tensor:
         """Token features [B, L, D] -> word features [B, F, D]: mean over each word's subword tokens."""
-        wid = x["word_ids"].to(feats.device)
-        f = self.num_features(x)
-        onehot = (wid.unsqueeze(-1) == torch.arange(f, device=feats.device)).to(feats.dtype)  # [B, L, F]
-        counts = onehot.sum(1).clamp_min(1)  # [B, F]
-        return torch.einsum("blf,bld->bfd", onehot, feats) / counts.unsqueeze(-1)
+        return pool_words(feats, x["word_ids"], self.num_features(x), "mean")
 
     def expand(self, scores: torch.Tensor, x: dict) -> torch.Tensor:
         """Per-word scores [B, F] with padding words set to 0 (words are the input's units)."""
@@ -265,6 +273,12 @@ class WordMasker(Masker):
 
     def to(self, device: torch.device | str) -> "WordMasker":
         return self
+
+    def renderer(self):
+        """HTML pages of highlighted words, coloured terminal words; text files as inputs."""
+        from fex.render.text import TextRenderer
+
+        return TextRenderer(self)
 
 
 def batch_to(x: dict, device: torch.device | str) -> dict:

@@ -15,6 +15,8 @@ import torch.nn.functional as F_
 from torch import nn
 
 from fex.data.mnist import MNISTDataModule
+from fex.io import atomic_write
+from fex.targets import accuracy
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +59,6 @@ class _Classifier(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=6, gamma=0.3)}
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    model.eval()
-    with torch.no_grad():
-        pred = torch.cat([model(x[i:i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)])
-    return float((pred == y).float().mean())
-
-
 def pretrained_mnist_cnn(cache_dir: str = "~/.cache/fex", seed: int = 0, epochs: int = 12, lr: float = 2e-3,
                          val_size: int = 500, test_size: int = 1000, retrain: bool = False) -> SmallCNN:
     """The MNIST target, trained on the fixed split for ``seed`` and cached; returns it in eval mode."""
@@ -79,10 +74,8 @@ def pretrained_mnist_cnn(cache_dir: str = "~/.cache/fex", seed: int = 0, epochs:
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_model_summary=False, enable_progress_bar=True)
     trainer.fit(_Classifier(model, lr), datamodule=dm)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache
+    with atomic_write(path) as fh:  # a killed run never leaves a half-written cache
+        torch.save(model.state_dict(), fh)
     test = dm.dataset("test")
     log.info("MNIST target test accuracy %.4f", accuracy(model, test.x, test.y))
     return model.eval()

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -25,6 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fex.errors import InputError, TargetError
+from fex.io import write_json
+from fex.targets import accuracy
 
 log = logging.getLogger("fex")
 
@@ -148,13 +150,6 @@ def _collate_raw(items):
     return list(texts), torch.stack(list(ys)), torch.stack([torch.as_tensor(i) for i in idx])
 
 
-@torch.no_grad()
-def accuracy(clf: nn.Module, texts: Sequence[str], y: torch.Tensor, batch_size: int = 256) -> float:
-    clf.eval()
-    preds = [clf(list(texts[i:i + batch_size])).argmax(-1) for i in range(0, len(texts), batch_size)]
-    return float((torch.cat(preds).cpu() == y).float().mean())
-
-
 def finetune_classifier(base: str | None, train_set, num_labels: int, epochs: float = 1, batch_size: int = 32,
                         lr: float = 1e-4, max_length: int = 64, train_last_n_layers: int | None = None,
                         seed: int = 0) -> HFTextClassifier:
@@ -198,12 +193,12 @@ def minilm_sentiment(cache_dir: str | None = None, source: str = "rotten_tomatoe
         t0 = time.perf_counter()
         clf = finetune_classifier(base, splits["train"], len(names), epochs, batch_size, lr, max_length,
                                   train_last_n_layers, seed)
-        acc = accuracy(clf, splits["test"].texts, splits["test"].y)
+        acc = accuracy(clf, splits["test"].texts, splits["test"].y, 256)
         tmp = root.with_name(root.name + f".tmp{os.getpid()}")
         clf.save(tmp)
         meta = {"settings": settings, "label_names": names, "test_accuracy": acc,
                 "train_seconds": time.perf_counter() - t0, "train_size": len(splits["train"])}
-        (tmp / "fex_target.json").write_text(json.dumps(meta, indent=2))
+        write_json(tmp / "fex_target.json", meta)
         if root.exists():  # another process finished first
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
@@ -247,7 +242,7 @@ def integrated_gradients_words(hf_model: Any, tokenizer: Any = None, x: Any = No
     """
     from captum.attr import LayerIntegratedGradients
 
-    from fex.maskers.text import split_words
+    from fex.maskers.text import pool_words, split_words
 
     model = getattr(hf_model, "model", hf_model)
     tok = tokenizer if tokenizer is not None else getattr(hf_model, "tokenizer", None)
@@ -287,9 +282,7 @@ def integrated_gradients_words(hf_model: Any, tokenizer: Any = None, x: Any = No
         for p, r in zip(model.parameters(), req):
             p.requires_grad_(r)
     tok_scores = attr.sum(-1).detach()  # [B, L]
-    f = max(len(w) for w in words)
-    onehot = (wid.unsqueeze(-1) == torch.arange(f, device=dev)).to(tok_scores.dtype)  # [B, L, F]
-    return torch.einsum("bl,blf->bf", tok_scores, onehot).cpu()
+    return pool_words(tok_scores, wid, max(len(w) for w in words), "sum").cpu()
 
 
 def _method_base():

@@ -3,16 +3,26 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fex.blackbox import BlackBox
 from fex.errors import ConfigError, FexError, TargetError
 
 log = logging.getLogger("fex")
+
+def conf_dir() -> Path:
+    """The Hydra config tree: ``conf/`` beside the package in a checkout, ``fex/conf`` when installed."""
+    pkg = Path(__file__).resolve().parents[1]
+    for d in (pkg.parent / "conf", pkg / "conf"):
+        if (d / "train.yaml").is_file():
+            return d
+    raise ConfigError(f"fex's config tree was not found next to {pkg} (reinstall fex)")
+
 
 # data-config keys that describe the data for other groups, not constructor arguments
 DATA_META_KEYS = ("num_classes", "input_shape")
@@ -66,3 +76,32 @@ def instantiate_list(cfg: Any) -> list:
         return []
     items = cfg.values() if isinstance(cfg, (dict, DictConfig)) else cfg
     return [build(c) for c in items if c is not None and "_target_" in c]
+
+
+def _whole_group(key: str, node: Any) -> bool:
+    """A command-line group choice (``data=synth``) rather than a tweak (``+data.n=120``)."""
+    if key == "target":
+        return isinstance(node.get("model"), (dict, DictConfig)) and "_target_" in node.model
+    return "_target_" in node
+
+
+def with_checkpoint_defaults(cfg: DictConfig, ckpt: dict) -> DictConfig:
+    """Fill a job config's ``data`` and ``target`` from the checkpoint (:func:`fex.explainer.read_checkpoint`).
+
+    A group chosen on the command line (``data=...``, ``target=...``) replaces the stored config;
+    keys given without choosing the group (``+target.max_batch_size=64``) are merged over it.
+    ``num_classes`` follows the data config, else the checkpoint.
+    """
+    from fex.explainer import stored
+
+    with open_dict(cfg):
+        for key in ("data", "target"):
+            given = cfg.get(key)
+            if given is not None and _whole_group(key, given):
+                continue
+            base = OmegaConf.create(stored(ckpt, key))
+            cfg[key] = base if given is None else OmegaConf.merge(base, given)
+        if cfg.data.get("num_classes") is None:
+            cfg.data.num_classes = int(stored(ckpt, "num_classes"))
+        cfg.num_classes = int(cfg.data.num_classes)
+    return cfg

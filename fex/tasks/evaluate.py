@@ -11,8 +11,7 @@
 """
 from __future__ import annotations
 
-import json
-import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -24,29 +23,16 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from torch.utils.data._utils.collate import default_collate
 
-from fex import compare, viz
+from fex import compare
 from fex import metrics as M
 from fex.baselines import Fex
 from fex.errors import DataError, FexError
-from fex.module import ExplainerModule, load_checkpoint_dict
-from fex.tasks.common import build_blackbox, build_data, to_dict
+from fex.explainer import load_explainer, read_checkpoint
+from fex.io import atomic_write, write_json, write_text
+from fex.module import ExplainerModule
+from fex.render import plots
+from fex.tasks.common import build_blackbox, build_data, with_checkpoint_defaults
 from fex.writer import AttributionWriter, RankSplitSampler, clean_tmp, finished_indices, read_shards
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
-    return path
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def split_dataset(datamodule: Any, split: str) -> tuple[Any, Any]:
@@ -110,18 +96,14 @@ def collect(ds: Any, out: Path) -> dict[str, np.ndarray]:
     if len(have) != len(want) or not np.array_equal(have, np.asarray(want)):
         missing = sorted(set(want) - set(have.tolist()))
         raise DataError(f"attribution shards are incomplete: {len(missing)} rows missing (e.g. {missing[:3]})")
-    path = out / "attributions.npz"
-    tmp = out / ".attributions.npz.tmp"
-    with open(tmp, "wb") as fh:
+    with atomic_write(out / "attributions.npz") as fh:
         np.savez(fh, **rows)
-    os.replace(tmp, path)
     return rows
 
 
 def score_split(cfg: DictConfig, explainer: ExplainerModule, ds: Any, loader: DataLoader, rows: dict) -> dict:
     """Deletion/insertion AUC of the stored attributions over the whole split (eval/*)."""
     bb, masker = explainer.blackbox, M.with_substrate(explainer.masker, cfg.compare.substrate)
-    q0 = bb.queries
     pos = {i: p for p, i in enumerate(row_indices(ds))}
     dels, ins = [], []
     bs = int(cfg.attribution.batch_size or loader.batch_size or 64)
@@ -132,9 +114,9 @@ def score_split(cfg: DictConfig, explainer: ExplainerModule, ds: Any, loader: Da
         scores = torch.as_tensor(rows["scores"][s:s + bs][:, :f])
         target = torch.as_tensor(rows["target"][s:s + bs])
         steps = cfg.attribution.score_steps
-        dels.append(M.deletion_auc(bb, masker, x, scores, target, steps))
-        ins.append(M.insertion_auc(bb, masker, x, scores, target, steps))
-    bb.queries = q0
+        with bb.uncounted():  # scoring is not the explainer's cost
+            dels.append(M.deletion_auc(bb, masker, x, scores, target, steps))
+            ins.append(M.insertion_auc(bb, masker, x, scores, target, steps))
     return {"eval/deletion_auc": float(torch.cat(dels).mean()), "eval/insertion_auc": float(torch.cat(ins).mean())}
 
 
@@ -147,48 +129,87 @@ def build_methods(cfg: DictConfig, blackbox: Any, explainer: ExplainerModule) ->
     return out
 
 
-def compare_methods(cfg: DictConfig, explainer: ExplainerModule, ds: Any, loader: DataLoader, out: Path) -> dict:
+def stored_rows(rows: dict | None, index: list[int]) -> dict | None:
+    """The shard rows of dataset indices ``index`` (in that order), or None if any is missing."""
+    if not rows or "index" not in rows:
+        return None
+    pos = np.searchsorted(rows["index"], index)
+    if (pos >= len(rows["index"])).any() or not np.array_equal(rows["index"][np.minimum(pos, len(rows["index"]) - 1)], index):
+        return None
+    return {k: v[pos] for k, v in rows.items()}
+
+
+def fex_record(rows: dict, sel: dict, width: int, batch_size: int) -> dict:
+    """The ``fex`` comparison row from the attribution shards: their scores, and the cost the
+    predict pass measured (explanation time per row, peak memory of a first batch)."""
+    mem = rows.get("peak_mem_mib")
+    mem = float(np.nanmax(mem)) if mem is not None and np.isfinite(mem).any() else None
+    return {"scores": torch.as_tensor(sel["scores"][:, :width]).float(),
+            "sec_per_expl": statistics.median(sel["seconds"].tolist()), "queries_per_expl": 0.0,
+            "peak_mem_mib": mem, "mem_method": "rss-hwm" if mem is not None else "none", "batch_size": batch_size,
+            "from": "attribution shards"}
+
+
+def compare_methods(cfg: DictConfig, explainer: ExplainerModule, ds: Any, loader: DataLoader, out: Path,
+                    rows: dict | None = None) -> dict:
+    """Every configured method on the first ``compare.num_examples`` rows. With the attribution
+    ``rows`` of this job, the explained class is their stored prediction and the ``fex`` row is
+    their stored explanation (nothing is queried or explained twice)."""
     c = cfg.compare
     n = min(int(c.num_examples), len(ds))
     if n == 0 or not cfg.get("method"):
         return {"rows": []}
     batch = take(ds, list(range(n)), loader.collate_fn)
     x, bb, masker = batch[0], explainer.blackbox, explainer.masker
-    q0 = bb.queries
-    target = bb(x).argmax(-1).cpu()  # explained class: the prediction, computed once for everyone
-    bb.queries = q0
-    rows = compare.run_methods(
+    sel = stored_rows(rows, row_indices(ds)[:n])
+    precomputed = {}
+    if sel is not None:
+        target = torch.as_tensor(sel["target"]).long()
+        if "fex" in cfg.method and "seconds" in sel:
+            bs = int(cfg.attribution.batch_size or loader.batch_size or 64)
+            precomputed["fex"] = fex_record(rows, sel, masker.num_features(x), bs)
+    else:
+        with bb.uncounted():
+            target = bb(x).argmax(-1).cpu()  # explained class: the prediction, computed once for everyone
+    results = compare.run_methods(
         bb, masker, x, target, build_methods(cfg, bb, explainer), batch_size=int(c.batch_size),
-        metric_masker=M.with_substrate(masker, c.substrate),
+        metric_masker=M.with_substrate(masker, c.substrate), precomputed=precomputed,
         metric_kwargs={"steps": c.steps, "fractions": tuple(c.eraser_fractions), "num_subsets": int(c.faithfulness_subsets),
                        "subset_fraction": float(c.faithfulness_fraction), "seed": int(cfg.seed)})
-    compare.add_ratios(rows, c.reference)
+    compare.add_ratios(results, c.reference)
     files = {}
-    if any("error" not in r for r in rows):
-        files["curves"] = str(viz.curves(rows, out / "curves.png"))
-        files["quality_vs_time"] = str(viz.quality_vs_time(rows, out / "quality_vs_time.png"))
-        titles = [f"y={int(y)} pred={int(p)}" for y, p in zip(batch[1], target)] if isinstance(batch[1], torch.Tensor) else None
-        g = viz.gallery(x, rows, masker, out / "gallery.png", int(c.gallery_size), titles)
-        if g is not None:
-            files["gallery"] = str(g)
-    return {"rows": rows, "files": files}
+    if any("error" not in r for r in results):
+        files["curves"] = str(plots.curves(results, out / "curves.png"))
+        files["quality_vs_time"] = str(plots.quality_vs_time(results, out / "quality_vs_time.png"))
+        g = int(c.gallery_size)
+        names = explainer.class_names
+        captions = [f"y={names[int(y)]} pred={names[int(p)]}" for y, p in zip(batch[1][:g], target[:g])]
+        path = masker.renderer().gallery(masker.select(x, torch.arange(min(g, n))), plots.method_rows(results, g),
+                                         out / "gallery", captions)
+        if path is not None:
+            files["gallery"] = str(path)
+    return {"rows": results, "files": files}
 
 
 def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
-    """Returns (metrics, objects). Non-zero DDP ranks return after writing their shards."""
+    """Returns (metrics, objects). Non-zero DDP ranks return after writing their shards.
+
+    The checkpoint is read once; its data and target configs are the defaults (command-line
+    groups override them)."""
     pl.seed_everything(cfg.seed, workers=True)
     out = Path(cfg.output_dir)
+    ckpt = read_checkpoint(str(cfg.checkpoint))  # fail fast, before building the target
+    cfg = with_checkpoint_defaults(cfg, ckpt)
     out.mkdir(parents=True, exist_ok=True)
-    load_checkpoint_dict(os.path.expanduser(str(cfg.checkpoint)))  # fail fast, before building the target
     blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
-    explainer = ExplainerModule.from_checkpoint(os.path.expanduser(str(cfg.checkpoint)), target=blackbox,
-                                                allow_target_mismatch=bool(cfg.allow_target_mismatch))
+    explainer = load_explainer(ckpt, target=blackbox, allow_target_mismatch=bool(cfg.allow_target_mismatch))
     datamodule = build_data(cfg.data)
     ds, loader = split_dataset(datamodule, cfg.split)
     check_data(explainer.masker, loader, cfg.split)
-    objects = {"explainer": explainer, "blackbox": blackbox, "datamodule": datamodule}
+    objects = {"explainer": explainer, "blackbox": blackbox, "datamodule": datamodule, "config": cfg}
     metrics: dict[str, Any] = {"checkpoint": str(cfg.checkpoint), "split": cfg.split, "output_dir": str(out)}
 
+    rows = None
     if cfg.attribution.enabled:
         info = attribute_split(cfg, explainer, ds, loader, out)
         if info["rank"] != 0:
@@ -199,14 +220,14 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
         if cfg.attribution.score:
             metrics.update(score_split(cfg, explainer, ds, loader, rows))
 
-    comp = compare_methods(cfg, explainer, ds, loader, out)
-    rows = comp["rows"]
-    metrics["methods"] = compare.json_rows(rows)
+    comp = compare_methods(cfg, explainer, ds, loader, out, rows)
+    results = comp["rows"]
+    metrics["methods"] = compare.json_rows(results)
     metrics["files"] = comp.get("files", {})
-    fex_row = next((r for r in rows if r["method"] == "fex" and "error" not in r), None)
+    fex_row = next((r for r in results if r["method"] == "fex" and "error" not in r), None)
     if fex_row:
         metrics.update({f"compare/fex_{k}": fex_row[k] for k in compare.QUALITY_KEYS})
-    table = compare.markdown_table(rows, cfg.compare.reference) if rows else ""
+    table = compare.markdown_table(results, cfg.compare.reference) if results else ""
     if table:
         write_text(out / "table.md", table + "\n")
     write_json(out / "metrics.json", metrics)
@@ -218,5 +239,5 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     if "eval/deletion_auc" in metrics:
         summary.append(f"deletion AUC {metrics['eval/deletion_auc']:.4f}, insertion AUC {metrics['eval/insertion_auc']:.4f}")
     print(" | ".join(summary), flush=True)
-    objects.update({"rows": rows, "table": table})
+    objects.update({"rows": results, "table": table})
     return metrics, objects

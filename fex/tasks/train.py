@@ -1,8 +1,13 @@
-"""train(cfg): target -> FEX explainer checkpoint, heatmap gallery and a summary line."""
+"""train(cfg): target -> FEX explainer checkpoint, a gallery of explanations and a summary line.
+
+Resuming: every run keeps ``<output_dir>/checkpoints/last.ckpt``, rewritten after every epoch.
+``resume=true`` continues from the run's own last checkpoint or, for a new run directory,
+from the newest ``last.ckpt`` of the sibling runs (the same command rerun after a kill);
+``resume=<path>`` from that file. Weights, optimizer, epoch/step and the training query
+count all continue where they stopped.
+"""
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -10,27 +15,44 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from fex.callbacks import health_summary
+from fex.errors import ConfigError
+from fex.explainer import build_explainer, load_explainer
+from fex.io import atomic_write
 from fex.module import ExplainerModule
-from fex.plotting import heatmap_grid
-from fex.tasks.common import build, build_blackbox, build_data, instantiate_list, to_dict
+from fex.tasks.common import build, build_blackbox, build_data, instantiate_list
+
+LAST = "last.ckpt"
 
 
-def build_explainer(cfg: DictConfig, datamodule: Any, blackbox) -> ExplainerModule:
-    """Masker, policy, objective and optimizer from config; the configs travel in the checkpoint."""
-    masker_cfg = to_dict(cfg.masker)
-    if masker_cfg.get("baseline") == "mean" and masker_cfg.get("fill") is None:
-        masker_cfg["fill"] = datamodule.channel_mean()  # resolved value is saved, so loading reproduces it
-    masker = build(masker_cfg)
-    policy_cfg = to_dict(cfg.policy)
-    policy = build(policy_cfg)
-    objective_cfg = {k: v for k, v in to_dict(cfg.objective).items() if k != "_target_"}
-    objective = build(cfg.objective)
-    config = {"masker": masker_cfg, "policy": policy_cfg, "objective": objective_cfg,
-              "data": to_dict(cfg.data), "target": to_dict(cfg.target), "num_classes": int(cfg.num_classes)}
-    return ExplainerModule(policy=policy, masker=masker, objective=objective, optimizer=build(cfg.optimizer),
-                           blackbox=blackbox, config=config, val_auc_examples=cfg.get("val_auc_examples", 64))
+def checkpoint_callbacks(callbacks: list, out: Path) -> list:
+    """Add the callback that keeps ``<out>/checkpoints/last.ckpt`` (what ``resume`` reads), rewritten at
+    the end of every epoch. (Lightning's ``save_last`` only writes when a top-k checkpoint improves.)"""
+    last = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename=Path(LAST).stem, monitor=None, save_top_k=1,
+                           enable_version_counter=False, save_on_train_epoch_end=True)
+    return [*callbacks, last]
+
+
+def resume_path(cfg: DictConfig, out: Path) -> str | None:
+    """``cfg.resume`` -> the checkpoint Lightning continues from (None: a fresh start)."""
+    resume = cfg.get("resume")
+    if resume in (None, False, "false", ""):
+        return None
+    if resume not in (True, "true", "last"):
+        path = Path(str(resume)).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"resume={resume}: no such checkpoint")
+        return str(path)
+    own = out / "checkpoints" / LAST
+    if own.is_file():
+        return str(own)
+    siblings = sorted((p for p in out.parent.glob(f"*/checkpoints/{LAST}") if p.is_file()),
+                      key=lambda p: p.stat().st_mtime)
+    if not siblings:
+        raise ConfigError(f"resume=true: no {LAST} in {own.parent} or in the other runs under {out.parent}")
+    return str(siblings[-1])
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
@@ -41,32 +63,34 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     datamodule = build_data(cfg.data)
     blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
     module = build_explainer(cfg, datamodule, blackbox)
+    ckpt_from = resume_path(cfg, out)
     trainer: pl.Trainer = build(cfg.trainer, logger=instantiate_list(cfg.get("logger")) or False,
-                                      callbacks=instantiate_list(cfg.get("callbacks")))
-    trainer.fit(module, datamodule=datamodule)
+                                callbacks=checkpoint_callbacks(instantiate_list(cfg.get("callbacks")), out))
+    if ckpt_from and trainer.is_global_zero:
+        print(f"fex: resuming from {ckpt_from}", flush=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_from)
 
     ckpt_path = out / cfg.ckpt_name
-    best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+    cb = trainer.checkpoint_callback
+    best = getattr(cb, "best_model_path", "") if cb else ""
     if trainer.is_global_zero:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt_path.with_name(f".{ckpt_path.name}.tmp")
-        if best and os.path.isfile(best):
-            shutil.copyfile(best, tmp)
-        else:
-            trainer.save_checkpoint(tmp)
-        os.replace(tmp, ckpt_path)  # atomic: never a half-written explainer
+        with atomic_write(ckpt_path) as fh:  # never a half-written explainer
+            if best and Path(best).is_file():
+                fh.write(Path(best).read_bytes())
+            else:
+                trainer.save_checkpoint(Path(fh.name))
     if trainer.world_size > 1:
         trainer.strategy.barrier()
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    if best and trainer.checkpoint_callback.best_model_score is not None:
-        metrics["val/reward"] = float(trainer.checkpoint_callback.best_model_score)
+    if best and cb.best_model_score is not None:
+        metrics["val/reward"] = float(cb.best_model_score)
     metrics.update({"checkpoint": str(ckpt_path), "output_dir": str(out), "train/queries": module._train_queries,
                     "train/seconds": time.perf_counter() - t0})
     metrics.update(health_summary(trainer))
 
     objects = {"module": module, "trainer": trainer, "datamodule": datamodule, "blackbox": blackbox}
     if trainer.is_global_zero:
-        explainer = ExplainerModule.from_checkpoint(ckpt_path, target=blackbox)
+        explainer = load_explainer(ckpt_path, target=blackbox)
         objects["explainer"] = explainer
         metrics.update(report(cfg, explainer, datamodule, out))
         print(summary_line(metrics), flush=True)
@@ -74,27 +98,32 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
 
 def report(cfg: DictConfig, explainer: ExplainerModule, datamodule: Any, out: Path) -> dict:
-    """Target test accuracy and a heatmap gallery over held-out test inputs (image data)."""
-    test = datamodule.dataset("test")
+    """The target's test accuracy (one query per test input, not training cost) and a gallery of
+    the explainer on the first ``gallery_size`` test inputs, drawn by the masker's renderer."""
+    bb, masker = explainer.blackbox, explainer.masker
+    n_gallery = int(cfg.get("gallery_size", 12))
+    correct = seen = 0
+    first = None
+    with bb.uncounted():
+        for x, y, *_ in datamodule.test_dataloader():
+            pred = bb(x).argmax(-1).cpu()
+            correct += int((pred == y.cpu()).sum())
+            seen += len(y)
+            if first is None:
+                first = (x, y, pred)
     res: dict[str, Any] = {}
-    if isinstance(getattr(test, "x", None), torch.Tensor):
-        bb = explainer.blackbox
-        q0 = bb.queries
-        pred = bb(test.x).argmax(-1)
-        res["target/test_accuracy"] = float((pred.cpu() == test.y).float().mean())
-        n = min(int(cfg.get("gallery_size", 12)), len(test))
-        if n > 0:
-            x = test.x[:n]
-            exp = explainer.explain(x)
-            titles = [f"y={int(y)} pred={int(p)}" for y, p in zip(test.y[:n], exp["target"])]
-            res["gallery"] = str(heatmap_grid(x, [("FEX", exp["attributions"])], titles, out / "heatmaps.png"))
-        bb.queries = q0
-    elif hasattr(test, "texts") and int(cfg.get("gallery_size", 12)) > 0:  # text: an HTML page of highlighted words
-        from fex.textviz import explainer_report
-
-        n = min(int(cfg.get("gallery_size", 12)), len(test))
-        res["gallery"] = str(explainer_report(explainer, list(test.texts[:n]), out / "words.html",
-                                              getattr(datamodule, "label_names", None), list(test.y[:n])))
+    if seen:
+        res["target/test_accuracy"] = correct / seen
+    if first is not None and n_gallery > 0:
+        x, y, pred = first
+        n = min(n_gallery, len(y))
+        xs = masker.select(x, torch.arange(n))
+        exp = explainer.explain(xs, target=pred[:n])
+        names = explainer.class_names
+        captions = [f"y={names[int(a)]} pred={names[int(b)]}" for a, b in zip(y[:n], pred[:n])]
+        path = masker.renderer().gallery(xs, [("FEX", exp["scores"])], out / "heatmaps", captions)
+        if path is not None:
+            res["gallery"] = str(path)
     return res
 
 

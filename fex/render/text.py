@@ -1,4 +1,4 @@
-"""Look at word attributions: an HTML page with highlighted words, and ANSI-coloured terminal text.
+"""Words: an HTML page with highlighted words, ANSI-coloured terminal text, and reading text files.
 
 Scores are normalised per example by the largest absolute score, so the most important
 word is the most saturated; positive scores are green, negative (for signed methods such
@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+
+from fex.errors import DataError, FexError
+from fex.io import write_text
+from fex.render.base import Renderer
 
 
 def _norm(scores: Sequence[float]) -> list[float]:
@@ -43,7 +47,8 @@ def html_words(words: Sequence[str], scores: Sequence[float]) -> str:
 
 def html_page(words: Sequence[Sequence[str]], scores, predictions: Sequence[str] | None = None,
               probabilities: Sequence[float] | None = None, labels: Sequence[str] | None = None,
-              title: str = "fex word attributions", method_rows: dict | None = None) -> str:
+              title: str = "fex word attributions", method_rows: dict | None = None,
+              captions: Sequence[str] | None = None) -> str:
     """A self-contained HTML page, one block per example.
 
     Args:
@@ -52,6 +57,7 @@ def html_page(words: Sequence[Sequence[str]], scores, predictions: Sequence[str]
         predictions / probabilities: the explained class name and its probability, per example.
         labels: true labels (optional).
         method_rows: optional ``{method name: scores}`` shown under the main row, for comparisons.
+        captions: free text per example (e.g. ``y=fresh pred=fresh``).
     """
     rows = _as_rows(words, scores)
     extra = {k: _as_rows(words, v) for k, v in (method_rows or {}).items()}
@@ -68,6 +74,8 @@ def html_page(words: Sequence[Sequence[str]], scores, predictions: Sequence[str]
     ]
     for i, (w, s) in enumerate(zip(words, rows)):
         meta = [f"#{i}"]
+        if captions is not None:
+            meta.append(html.escape(str(captions[i])))
         if predictions is not None:
             meta.append(f"prediction <b>{html.escape(str(predictions[i]))}</b>")
         if probabilities is not None:
@@ -83,10 +91,7 @@ def html_page(words: Sequence[Sequence[str]], scores, predictions: Sequence[str]
 
 
 def write_html(path: str | os.PathLike, words, scores, **kw) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(html_page(words, scores, **kw), encoding="utf-8")
-    return p
+    return write_text(path, html_page(words, scores, **kw))
 
 
 def ansi_words(words: Sequence[str], scores: Sequence[float], color: bool = True) -> str:
@@ -120,18 +125,47 @@ def print_terminal(words: Sequence[Sequence[str]], scores, predictions: Sequence
         print(f"{head}: {ansi_words(w, s, color)}", file=file)
 
 
-def explainer_report(explainer, texts: Sequence[str], path: str | os.PathLike, label_names: Sequence[str] | None = None,
-                     labels: Sequence[int] | None = None, title: str = "FEX word attributions") -> Path:
-    """Explain ``texts`` with a text explainer (black box attached) and write the HTML page:
-    words highlighted by the explainer's scores for the predicted class, with its probability."""
-    x = explainer.masker.encode(list(texts))
-    bb = explainer.blackbox
-    q0 = bb.queries
-    probs = bb(x)
-    bb.queries = q0
-    pred = probs.argmax(-1)
-    out = explainer.explain(x, target=pred)
-    names = list(label_names) if label_names is not None else [str(i) for i in range(probs.shape[1])]
-    return write_html(path, x["words"], out["scores"], predictions=[names[int(c)] for c in pred],
-                      probabilities=[float(probs[i, c]) for i, c in enumerate(pred.tolist())],
-                      labels=None if labels is None else [names[int(v)] for v in labels], title=title)
+class TextRenderer(Renderer):
+    """HTML pages of highlighted words, coloured words in the terminal, and text files
+    (one text per line, or a CSV/TSV ``text`` column) as inputs."""
+
+    def _words(self, x: dict, n: int) -> list[list[str]]:
+        return list(x["words"])[:n]
+
+    def gallery(self, x: dict, rows, path, captions=None) -> Path | None:
+        if not rows:
+            return None
+        n = min(len(x["words"]), *(len(s) for _, s in rows))
+        (_, main), *others = rows
+        return write_html(Path(path).with_suffix(".html"), self._words(x, n), main[:n],
+                          captions=list(captions)[:n] if captions else None,
+                          method_rows={name: s[:n] for name, s in others} if others else None,
+                          title=f"{rows[0][0]} word attributions")
+
+    def show(self, x: dict, scores, captions=None, file=None) -> None:
+        print_terminal(list(x["words"]), scores, list(captions) if captions else None, file=file)
+
+    def describe(self, x: dict, i: int) -> dict:
+        return {"words": list(x["words"][i])}
+
+    def read(self, source: Path):
+        from fex.data.text import read_texts
+
+        if source.is_dir():
+            raise DataError(f"{source} is a folder; this explainer's masker ({type(self.masker).__name__}) explains "
+                            "texts: give a .txt file (one text per line), a .csv/.tsv file (a text column) or text=...")
+        items, skipped = [], []
+        for j, t in enumerate(read_texts(source), start=1):
+            try:
+                self.masker.encode([t])  # a text the masker refuses is reported by line, the rest go on
+                items.append(({"line": j, "text": t}, t))
+            except FexError as exc:
+                skipped.append({"file": f"{source.name}:{j}", "reason": str(exc)})
+        return items, skipped
+
+    def parse(self, text: str):
+        self.masker.encode([str(text)])  # a bad sentence is the error itself, not a skipped row
+        return {"line": 1, "text": str(text)}, str(text)
+
+    def collate(self, items) -> dict:
+        return self.masker.encode(list(items))

@@ -1,16 +1,32 @@
-"""Comparison plots: deletion/insertion curves, quality versus time, and a heatmap gallery.
-
-All figures are written atomically through :func:`fex.plotting.save_figure`.
-"""
+"""Modality-free figures (matplotlib, Agg backend; written atomically): deletion/insertion
+curves and quality versus time of a method comparison (rows of :func:`fex.compare.run_methods`)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
-from fex.plotting import _plt, heatmap_grid, save_figure
+from fex.io import atomic_write
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save a figure whole or not at all (``fex.io.atomic_write``), then close it."""
+    path = Path(path)
+    with atomic_write(path) as fh:
+        fig.savefig(fh, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    _plt().close(fig)
+    return path
 
 
 def _ok(rows: Sequence[dict]) -> list[dict]:
@@ -51,12 +67,6 @@ def quality_vs_time(rows: Sequence[dict], path: str | os.PathLike) -> Path:
     return save_figure(fig, path)
 
 
-def gallery(images: Any, rows: Sequence[dict], masker: Any, path: str | os.PathLike, n: int = 6,
-            titles: Sequence[str] | None = None) -> Path | None:
-    """Heatmaps of every method on the same first ``n`` images (image tensors only; else None)."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        return None
-    n = min(n, images.shape[0])
-    x = images[:n]
-    heat = [(r["method"], masker.expand(r["scores"][:n].to(x.device), x)) for r in _ok(rows)]
-    return heatmap_grid(x.cpu(), [(k, v.cpu()) for k, v in heat], titles[:n] if titles else None, path)
+def method_rows(rows: Sequence[dict], n: int) -> list[tuple[str, torch.Tensor]]:
+    """``(method, scores of the first n inputs)`` for every comparison row that did not fail."""
+    return [(r["method"], r["scores"][:n]) for r in _ok(rows)]

@@ -1,0 +1,11 @@
+"""Drawing attributions, and the modality's face to files.
+
+Plots that compare methods are modality-free (:mod:`fex.render.plots`). Everything that
+depends on the modality goes through the masker: ``masker.renderer()`` returns a
+:class:`Renderer` that reads user inputs (image files, text files) and draws attributions
+(:class:`~fex.render.image.ImageRenderer`: heatmap PNGs; :class:`~fex.render.text.TextRenderer`:
+HTML pages of highlighted words and coloured words in the terminal).
+"""
+from fex.render.base import Renderer
+
+__all__ = ["Renderer"]

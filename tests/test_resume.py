@@ -1,0 +1,72 @@
+"""Resume training after kill -9: the same command with resume=true continues from last.ckpt,
+with the training query count of the checkpoint (a real SIGKILL of a real training process)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from fex.errors import ConfigError
+from tests.conftest import ROOT
+
+EPOCHS, N, BATCH, K = 5, 40, 8, 5  # tests/conf/data/synth.yaml: 40 images in batches of 8
+ARGS = [f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]", "data=synth", "target=linear",
+        "+target.model.delay=0.1", f"trainer.max_epochs={EPOCHS}", "trainer.limit_val_batches=1", "val_auc_examples=0",
+        "logger=none", "trainer.enable_progress_bar=false", "gallery_size=2", "masker.grid=[4,4]",
+        "policy.hidden=16", "policy.backbone.width=4", "policy.backbone.depth=1", "policy.backbone.out_dim=8"]
+
+
+def test_resume_path_finds_the_run_or_its_newest_sibling(tmp_path):
+    from fex.tasks.train import resume_path
+
+    runs = tmp_path / "train"
+    for name in ("a", "b"):
+        (runs / name / "checkpoints").mkdir(parents=True)
+        (runs / name / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        time.sleep(0.02)
+    (runs / "c").mkdir()
+    cfg = OmegaConf.create({"resume": True})
+    assert resume_path(cfg, runs / "a").endswith("a/checkpoints/last.ckpt")  # its own first
+    assert resume_path(cfg, runs / "c").endswith("b/checkpoints/last.ckpt")  # a new run dir: the newest
+    assert resume_path(OmegaConf.create({"resume": False}), runs / "c") is None
+    with pytest.raises(ConfigError, match="no such checkpoint"):
+        resume_path(OmegaConf.create({"resume": str(tmp_path / "none.ckpt")}), runs / "c")
+    with pytest.raises(ConfigError, match="resume=true: no last.ckpt"):
+        resume_path(cfg, tmp_path / "elsewhere" / "x")
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_continues_with_the_same_query_count(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "train.py", *ARGS, f"hydra.run.dir={run}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if last.is_file() and torch.load(last, weights_only=True, map_location="cpu").get("epoch", -1) >= 1:
+                break
+        except Exception:  # noqa: BLE001 - caught mid-write: look again
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "explainer.ckpt").exists(), "training finished before it could be killed"
+    killed = torch.load(last, weights_only=True, map_location="cpu")
+    per_epoch = (N // BATCH) * BATCH * (1 + K)  # p_full + K masks per input per step
+    assert killed["fex"]["train_queries"] == (killed["epoch"] + 1) * per_epoch
+
+    res = subprocess.run(cmd + ["resume=true"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"resuming from {last}" in res.stdout
+    assert (run / "explainer.ckpt").is_file()  # the best checkpoint, as after any run
+    final = torch.load(last, weights_only=True, map_location="cpu")
+    assert final["fex"]["train_queries"] == EPOCHS * per_epoch  # as if never interrupted
+    assert final["global_step"] == EPOCHS * (N // BATCH)
+    assert f"{EPOCHS * per_epoch} training queries" in res.stdout
