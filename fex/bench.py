@@ -131,7 +131,9 @@ def mean_row(rows: list[dict], name: str) -> dict:
     """Mean of numeric fields over rows (seeds), with ``<key>_std`` spreads of the quality keys and time."""
     out: dict[str, Any] = {"method": name, "seeds": len(rows)}
     for k, v in rows[0].items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if k.endswith("_vs_ref"):  # ratios are recomputed for the mean row
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and all(k in r for r in rows):
             vals = torch.tensor([float(r[k]) for r in rows])
             out[k] = float(vals.mean())
             if k in (*compare.QUALITY_KEYS, "sec_per_expl"):
