@@ -156,6 +156,13 @@ class BlackBox:
                         "(in [0, 1], summing to 1); if so, set target.output=probs (softmax of probabilities "
                         "flattens every reward)", self.name)
 
+    def probs_with_grad(self, inputs: Any) -> torch.Tensor:
+        """Class probabilities of a differentiable ``nn.Module`` target WITH autograd (white-box methods such
+        as integrated gradients); not chunked and not counted: the caller counts its gradient passes."""
+        out = self.model(inputs)
+        out = getattr(out, "logits", out)
+        return torch.softmax(out, -1) if self.output == "logits" else out.exp() if self.output == "log_probs" else out
+
     def reset_queries(self) -> int:
         n, self.queries = self.queries, 0
         return n
@@ -174,18 +181,12 @@ class BlackBox:
     def uncounted(self) -> Iterator["QueryCount"]:
         """Queries made inside (metrics, validation, bookkeeping) are not charged to ``queries``;
         the yielded ``QueryCount`` still tells how many there were."""
-        c = QueryCount()
         start = self.queries
         try:
-            yield c
+            with self.counting() as c:
+                yield c
         finally:
-            c.n = self.queries - start
             self.queries = start
-
-    # -------------------------------------------------------------- identity
-    def fingerprint(self) -> dict:
-        """Identity of the target: its name/config and a hash of its weights (if any)."""
-        return {"name": self.name, "output": self.output, "config": self.config, "weights_sha256": weights_hash(self.model)}
 
 
 class QueryCount:

@@ -120,12 +120,7 @@ class PolicyHealth(pl.Callback):
     @torch.no_grad()
     def _tied(self, module: Any, batch: Any) -> float | None:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        was = module.training
-        module.eval()
-        try:
-            logits, _ = module(x)
-        finally:
-            module.train(was)
+        logits = module.policy_logits(x)
         valid = module.masker.valid(x)
         return float(tied_fraction(readout(module, logits, valid), valid, self.tie_tol))
 

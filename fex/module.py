@@ -310,18 +310,23 @@ class ExplainerModule(pl.LightningModule):
 
             return as_gate(verify).verify(self, x, target)
         x = self.masker.prepare(x)  # validated; float64 cast to float32
-        was_training = self.training
-        self.eval()
-        try:
-            logits, _ = self(x)
-        finally:
-            self.train(was_training)
+        logits = self.policy_logits(x)
         valid = self.masker.valid(x)
         b = logits.shape[0]
         cls = self._resolve_target(x, target, logits, valid)
         scores = self.read_out(logits, cls, valid)
         return {"scores": scores, "attributions": self.masker.expand(scores, x), "target": cls, "valid": valid,
                 "num_features": valid.sum(1)} if b else {}
+
+    @torch.no_grad()
+    def policy_logits(self, x: Any) -> torch.Tensor:
+        """The policy's logits [B, F, C] in eval mode (the module's train/eval mode is restored)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(x)[0]
+        finally:
+            self.train(was_training)
 
     def read_out(self, logits: torch.Tensor, cls: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Per-feature scores [B, F] for class ``cls`` [B] from logits [B, F, C]: ``attribution=prob`` gives

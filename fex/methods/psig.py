@@ -103,12 +103,6 @@ class PathSampledIG(Method):
         self.cdf = path_cdf(density, float(a), float(b))
         riemann_nodes(self.n_steps, self.cdf)  # validate early
 
-    def _probs(self, inputs: Any) -> torch.Tensor:
-        out = self.blackbox.model(inputs)
-        out = getattr(out, "logits", out)
-        kind = self.blackbox.output
-        return torch.softmax(out, -1) if kind == "logits" else out.exp() if kind == "log_probs" else out
-
     def attribute_one(self, x: Any, target: int, idx: torch.Tensor, f: int) -> torch.Tensor:
         n = idx.numel()
         dev = self.masker.device_of(x)
@@ -121,7 +115,7 @@ class PathSampledIG(Method):
                 raise InputError(f"psig needs a masker that is differentiable in its masks (image patches); "
                                  f"{type(self.masker).__name__} is not (for text use integrated_gradients_words)")
             self.blackbox.queries += z.shape[0]
-            return self._probs(inputs)[:, target]
+            return self.blackbox.probs_with_grad(inputs)[:, target]
 
         z1 = torch.ones(n, device=dev)
         return path_sampled_ig(g, z1, torch.zeros_like(z1), self.n_steps, self.cdf, self.internal_batch_size)
