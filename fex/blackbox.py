@@ -188,6 +188,11 @@ class BlackBox:
         finally:
             self.queries = start
 
+    # -------------------------------------------------------------- identity
+    def fingerprint(self) -> dict:
+        """Identity of the target: its name/config and a hash of its weights (if any)."""
+        return {"name": self.name, "output": self.output, "config": self.config, "weights_sha256": weights_hash(self.model)}
+
 
 class QueryCount:
     """How many black-box queries a ``with bb.counting()`` / ``bb.uncounted()`` block made (``n``)."""
