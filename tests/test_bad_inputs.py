@@ -16,7 +16,8 @@ from PIL import Image
 
 from fex.blackbox import BlackBox
 from fex.errors import CheckpointError, InputError, OutputError, TargetError, TargetMismatchError
-from fex.module import CKPT_VERSION, ExplainerModule
+from fex.explainer import CKPT_VERSION
+from fex.module import ExplainerModule
 from tests.conftest import ROOT
 from tests.helpers import planted_blackbox, small_explainer
 from tests.test_registry import good_ckpt

@@ -9,7 +9,8 @@ import torch
 import fex.registry as R
 from fex.errors import CheckpointError, TargetError, TargetMismatchError
 from fex.maskers.image import PatchMasker
-from fex.module import CKPT_VERSION, ExplainerModule
+from fex.explainer import CKPT_VERSION
+from fex.module import ExplainerModule
 from tests.helpers import planted_blackbox, small_explainer
 
 
