@@ -203,8 +203,8 @@ def check_metadata(ckpt: dict, path: Any, max_version: int) -> dict:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise CheckpointError(f"checkpoint {path}: missing or malformed format version ({version!r})")
     if version > max_version:
-        raise CheckpointError(f"checkpoint {path} has format version {version}; this fex reads up to version "
-                              f"{max_version} (upgrade fex)")
+        raise CheckpointError(f"checkpoint {path} has format {version}; this fex reads formats up to {max_version}: "
+                              "upgrade fex or retrain the explainer")
     cfg = meta.get("config")
     if not isinstance(cfg, dict):
         raise CheckpointError(f"checkpoint {path}: its explainer config is missing or not a mapping")

@@ -94,26 +94,19 @@ def test_text_line_numbers_survive_blank_lines(tmp_path):
     assert read_text_lines(tmp_path / "t.csv") == [(2, "good"), (4, "bad")]
 
 
-def test_explain_texts_reports_file_line_numbers():
-    from fex.tasks.explain import explain_texts
+def test_text_renderer_reports_file_line_numbers(tmp_path):
+    from fex.render.text import TextRenderer
 
     class Masker:
         def encode(self, texts):
-            if "bad" in texts[0] and len(texts) == 1:
+            if "bad" in texts[0]:
                 raise InputError("too long")
             return {"words": [t.split() for t in texts]}
 
-    class Explainer:
-        masker = Masker()
-
-        def explain(self, x):
-            b, f = len(x["words"]), max(len(w) for w in x["words"])
-            return {"valid": torch.ones(b, f, dtype=torch.bool), "target": torch.zeros(b, dtype=torch.long),
-                    "scores": torch.rand(b, f)}
-
-    res = explain_texts(Explainer(), ["a film", "bad one", "great"], "t.txt", 8, [1, 4, 6])
-    assert [r["line"] for r in res["results"]] == [1, 6]
-    assert res["skipped"] == [{"file": "t.txt:4", "reason": "too long"}]
+    (tmp_path / "t.txt").write_text("a film\n\n  \nbad one\n\ngreat\n")
+    items, skipped = TextRenderer(Masker()).read(tmp_path / "t.txt")
+    assert [rec["line"] for rec, _ in items] == [1, 6]
+    assert skipped == [{"file": "t.txt:4", "reason": "too long"}]
 
 
 def test_corrupt_text_target_cache_names_the_dir(tmp_path):
