@@ -39,13 +39,16 @@ def load(checkpoint: str, methods: str, overrides: list[str]):
     return cfg, bb, explainer, ds
 
 
-def bench(cfg, bb, explainer, x: Any, batch_size: int, reference: str = "kernel_shap") -> list[dict]:
-    """The side-by-side run: rows with cost, quality and ratios to ``reference``."""
+def bench(cfg, bb, explainer, x: Any, batch_size: int, reference: str = "kernel_shap",
+          methods: dict | None = None) -> list[dict]:
+    """The side-by-side run: rows with cost, quality and ratios to ``reference``. ``methods`` (name ->
+    method or zero-argument factory) defaults to the config's ``method`` group bound to ``explainer``."""
     from fex.tasks.evaluate import build_methods
 
     with bb.uncounted():
         target = bb(x).argmax(-1)  # the explained class: the prediction, once for every method
-    rows = compare.run_methods(bb, explainer.masker, x, target, build_methods(cfg, bb, explainer), batch_size,
+    methods = build_methods(cfg, bb, explainer) if methods is None else methods
+    rows = compare.run_methods(bb, explainer.masker, x, target, methods, batch_size,
                                metric_masker=M.with_substrate(explainer.masker, cfg.compare.substrate),
                                metric_kwargs={"steps": cfg.compare.steps, "seed": int(cfg.seed)})
     return compare.add_ratios(rows, reference)
@@ -128,7 +131,9 @@ def mean_row(rows: list[dict], name: str) -> dict:
     """Mean of numeric fields over rows (seeds), with ``<key>_std`` spreads of the quality keys and time."""
     out: dict[str, Any] = {"method": name, "seeds": len(rows)}
     for k, v in rows[0].items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if k.endswith("_vs_ref"):  # ratios are recomputed for the mean row
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and all(k in r for r in rows):
             vals = torch.tensor([float(r[k]) for r in rows])
             out[k] = float(vals.mean())
             if k in (*compare.QUALITY_KEYS, "sec_per_expl"):

@@ -1,4 +1,4 @@
-"""Console commands (pyproject ``[project.scripts]``): ``fex-train``, ``fex-evaluate``, ``fex-explain``.
+"""Console commands (pyproject ``[project.scripts]``): ``fex-train``, ``fex-evaluate``, ``fex-explain``, ``fex-tda``.
 
 Each is a ``@hydra.main`` app over the config tree that ships with the package (``conf/`` in a
 checkout, ``fex/conf`` when installed), so they run the same configs from any directory, take
@@ -52,6 +52,18 @@ def explain_app(cfg: DictConfig) -> None:
     from fex.tasks.explain import explain
 
     _run(explain, cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONF, config_name="tda")
+def tda_app(cfg: DictConfig) -> None:
+    """Which training examples made these predictions: influence functions (``conf/tda.yaml``)."""
+    from fex.tasks.tda import tda
+
+    _run(tda, cfg)
+
+
+def tda_main() -> None:
+    tda_app()
 
 
 def train_main() -> None:

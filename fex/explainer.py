@@ -104,8 +104,10 @@ def build_explainer(cfg: DictConfig | dict, datamodule: Any = None, blackbox: Bl
               "class_names": class_names(datamodule, num_classes)}
     masker, policy, objective = assemble(config)
     optimizer = build(cfg.optimizer) if cfg.get("optimizer") is not None else None
+    scheduler = build(cfg.scheduler) if cfg.get("scheduler") else None
     return ExplainerModule(policy=policy, masker=masker, objective=objective, optimizer=optimizer,
-                           blackbox=blackbox, config=config, val_auc_examples=cfg.get("val_auc_examples", 64))
+                           blackbox=blackbox, config=config, val_auc_examples=cfg.get("val_auc_examples", 64),
+                           scheduler=scheduler)
 
 
 # --------------------------------------------------------------------------- checkpoints

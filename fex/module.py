@@ -44,8 +44,10 @@ class ExplainerModule(pl.LightningModule):
 
     def __init__(self, policy: torch.nn.Module, masker: Masker, objective: obj.FexObjective | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] | None = None, blackbox: BlackBox | None = None,
-                 config: dict | None = None, val_auc_examples: int = 64) -> None:
+                 config: dict | None = None, val_auc_examples: int = 64,
+                 scheduler: Callable[..., Any] | None = None) -> None:
         super().__init__()
+        self.scheduler_factory = scheduler  # partial(torch.optim.lr_scheduler.X, ...): stepped once per epoch
         self.policy = policy
         self.masker = masker
         self.objective = objective or obj.FexObjective()
@@ -280,7 +282,15 @@ class ExplainerModule(pl.LightningModule):
         self.log("val/train_queries", float(self._train_queries), reduce_fx="sum", sync_dist=True)
 
     def configure_optimizers(self):
-        return self.optimizer_factory(self.policy.parameters())
+        opt = self.optimizer_factory(self.policy.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": self.scheduler_factory(opt)}
+
+    def on_train_epoch_end(self) -> None:
+        sched = self.lr_schedulers()  # manual optimisation: Lightning does not step it for us
+        if sched is not None:
+            sched.step()
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()

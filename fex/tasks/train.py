@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from fex.callbacks import health_summary
 from fex.errors import ConfigError
 from fex.explainer import build_explainer, load_explainer
 from fex.io import atomic_checkpoints, check_writable, copy_file, write_json
@@ -85,6 +86,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         metrics[f"best/{cb.monitor}"] = float(cb.best_model_score)
     metrics.update({"checkpoint": str(ckpt_path), "output_dir": str(out), "train/queries": module._train_queries,
                     "train/seconds": time.perf_counter() - t0})
+    metrics.update(health_summary(trainer))
     if trainer.is_global_zero:
         write_json(out / "train_metrics.json", metrics)
 
@@ -138,5 +140,7 @@ def summary_line(m: dict) -> str:
         parts.append(f"last val deletion AUC {m['val/deletion_auc']:.4f}, insertion {m.get('val/insertion_auc', float('nan')):.4f}")
     if "target/test_accuracy" in m:
         parts.append(f"target test accuracy {m['target/test_accuracy']:.4f}")
+    if "policy_health" in m:
+        parts.append(f"policy {m['policy_health']}")
     parts.append(f"{int(m['train/queries'])} training queries in {m['train/seconds']:.0f}s")
     return " | ".join(parts)
