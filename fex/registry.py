@@ -57,6 +57,7 @@ _BUILTIN: dict[str, dict[str, str]] = {
     },
     "target": {
         "fex.targets.mnist_cnn.pretrained_mnist_cnn": "fex.targets.mnist_cnn:pretrained_mnist_cnn",
+        "fex.targets.proxy.mnist_proxy": "fex.targets.proxy:mnist_proxy",
         "fex.targets.text.minilm_sentiment": "fex.targets.text:minilm_sentiment",
         "fex.targets.text.hf_classifier": "fex.targets.text:hf_classifier",
         "fex.targets.vision.torchvision_model": "fex.targets.vision:torchvision_model",

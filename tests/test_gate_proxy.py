@@ -41,3 +41,14 @@ def test_proxy_distillation_cost_is_the_transfer_set_and_it_agrees_with_the_targ
     train_size = 5000 - cfg.data.val_size - cfg.data.test_size
     assert info["teacher_queries"] == train_size * (1 + cfg.target.model.masked_copies)  # exact cost
     assert info["agreement_test"] > 0.95 and info["agreement_test_masked"] > 0.8
+
+
+def test_a_proxy_trained_checkpoint_names_an_allowed_target(tmp_path):
+    """evaluate/explain take the target from the checkpoint: the proxy is one of fex's own."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+    from fex.registry import check_stored
+
+    cfg = compose(overrides=["target=mnist_proxy"], output_dir=tmp_path)
+    check_stored("target", OmegaConf.to_container(cfg.target, resolve=True), "a proxy-trained checkpoint")
