@@ -52,7 +52,7 @@ def text_checkpoint(path, seed: int = 0, data_csv: str | None = None) -> str:
         "objective": {}, "target": TEXT_TARGET, "data": data, "num_classes": 2}, seed)
 
 
-def Server(checkpoint: str, *overrides: str, log: Path | None = None, ready_s: float = 300):
+def Server(checkpoint: str, *overrides: str, log: Path | None = None, ready_s: float = 900):
     """The server on 127.0.0.1 at a free port (one torch thread per worker)."""
     from fex.serve.process import ServerProcess
 
