@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-$PY -m pip install -q torch==2.13.0 -e ".[text,wandb,dev,serve]"
+$PY -m pip install -q torch==2.13.0 -e ".[text,wandb,dev,interactions,tda,serve]"
 # Headless Chromium + its WebDriver (Debian packages) for the serving page test (tests/test_serve_page.py).
 if ! command -v chromium >/dev/null 2>&1 || [ ! -x /usr/bin/chromedriver ]; then
   if command -v apt-get >/dev/null 2>&1; then
