@@ -10,9 +10,15 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGE_TARGET = {"model": {"_target_": "tests.synth.LinearPatchTarget"}, "output": "logits", "max_batch_size": 1024}
 IMAGE_DATA = {"_target_": "fex.data.mnist.MNISTDataModule", "batch_size": 64, "val_size": 500, "test_size": 1000,
               "seed": 0, "num_workers": 0, "limit": None, "num_classes": 2, "input_shape": [1, 28, 28]}
-TEXT_TARGET = {"model": {"_target_": "fex.targets.text.TextCallable",
-                         "fn": {"_target_": "hydra.utils.get_method", "path": "tests.text_helpers.planted_great"}},
+TEXT_TARGET = {"model": {"_target_": "fex.targets.text.callable_target", "path": "tests.text_helpers.planted_great"},
                "output": "probs", "max_batch_size": 256}
+
+
+def target_args(target: dict) -> list[str]:
+    """A target config as fex-serve command-line overrides: a checkpoint never names test code
+    (fex.registry), so the tests' own targets are given on the command line, as a user's would be."""
+    out = [f"+target.model.{k}={v}" for k, v in target["model"].items()]
+    return out + [f"+target.{k}={v}" for k, v in target.items() if k != "model"]
 
 
 def _save(path, config: dict, seed: int) -> str:
@@ -52,7 +58,7 @@ def text_checkpoint(path, seed: int = 0, data_csv: str | None = None) -> str:
         "objective": {}, "target": TEXT_TARGET, "data": data, "num_classes": 2}, seed)
 
 
-def Server(checkpoint: str, *overrides: str, log: Path | None = None, ready_s: float = 300):
+def Server(checkpoint: str, *overrides: str, log: Path | None = None, ready_s: float = 900):
     """The server on 127.0.0.1 at a free port (one torch thread per worker)."""
     from fex.serve.process import ServerProcess
 

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.serve_helpers import IMAGE_TARGET, ROOT, TEXT_TARGET, Server, image_checkpoint, text_checkpoint
+from tests.serve_helpers import (IMAGE_TARGET, ROOT, TEXT_TARGET, Server, image_checkpoint, target_args,
+                                 text_checkpoint)
 
 pytest.importorskip("litserve")
 
@@ -75,7 +76,7 @@ def image_ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def image_server(image_ckpt, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve_log") / "image_server.log"
-    with Server(image_ckpt, "max_batch_size=8", "batch_timeout=0.2", f"max_payload_bytes={MAX_BYTES}",
+    with Server(image_ckpt, *target_args(IMAGE_TARGET), "max_batch_size=8", "batch_timeout=0.2", f"max_payload_bytes={MAX_BYTES}",
                 f"max_inputs={MAX_INPUTS}", "gallery_max=8", "curve_steps=7", log=log) as s:
         yield s
 
@@ -284,7 +285,7 @@ def text_server(tmp_path_factory):
     (d / "reviews.csv").write_text("\n".join(rows) + "\n")
     ckpt = text_checkpoint(d / "text.ckpt", data_csv=str(d / "reviews.csv"))
     log = tmp_path_factory.mktemp("serve_log") / "text_server.log"
-    with Server(ckpt, "max_text_chars=500", "batch_timeout=0.001", log=log) as s:
+    with Server(ckpt, *target_args(TEXT_TARGET), "max_text_chars=500", "batch_timeout=0.001", log=log) as s:
         s.checkpoint = ckpt
         yield s
 

@@ -26,7 +26,7 @@ class ServerProcess:
     ``overrides`` are ``key=value`` settings of conf/serve.yaml. Use as a context manager."""
 
     def __init__(self, checkpoint: str, *overrides: str, log: str | os.PathLike | None = None,
-                 ready_s: float = 300, env: dict | None = None) -> None:
+                 ready_s: float = 900, env: dict | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.checkpoint = str(checkpoint)
