@@ -37,3 +37,16 @@ def planted_great(texts):
     hit = torch.tensor([("great" in t.split()) or ("good" in t.split()) for t in texts], dtype=torch.float32)
     p1 = hit * 0.95 + (1 - hit) * 0.05
     return torch.stack([1 - p1, p1], 1)
+
+
+def small_text_explainer(dim: int = 32, hidden: int = 32, init_bias: float = 0.0, max_length: int = 128,
+                         blackbox=None, lr: float = 3e-3, val_auc_examples: int = 0):
+    """A word-embedding text explainer over words, built the one way explainers are built."""
+    from fex.explainer import build_explainer
+
+    return build_explainer({
+        "masker": {"_target_": "fex.maskers.text.WordMasker", "max_length": max_length},
+        "policy": {"_target_": "fex.policy.Policy", "num_classes": 2, "hidden": hidden, "init_bias": init_bias,
+                   "backbone": {"_target_": "fex.policy.text.WordEmbeddingBackbone", "dim": dim}},
+        "objective": {}, "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": lr},
+        "num_classes": 2, "val_auc_examples": val_auc_examples}, blackbox=blackbox)
