@@ -21,7 +21,7 @@ from fex import objective as obj
 from fex.blackbox import BlackBox, fingerprints_match
 from fex.errors import InputError, TargetMismatchError
 from fex.maskers.base import Masker
-from fex.metrics import deletion_auc
+from fex.metrics import deletion_auc, insertion_auc
 
 CKPT_KEY = "fex"  # ckpt["fex"]: format in fex/explainer.py
 
@@ -56,6 +56,7 @@ class ExplainerModule(pl.LightningModule):
         self._saved_fingerprint: dict | None = None
         self._train_queries = 0
         self._val_seen = 0
+        self._bank = None  # fex.bank.RewardBank when objective.query_budget > 0 (not checkpointed)
         if blackbox is not None:
             self.attach(blackbox)
 
@@ -86,65 +87,153 @@ class ExplainerModule(pl.LightningModule):
 
     def _losses(self, x: Any, roll: dict, p_full: torch.Tensor, old_logp: torch.Tensor | None,
                 logits: torch.Tensor | None = None, values: torch.Tensor | None = None):
-        """PPO loss for the rollout's masks. Without ``old_logp`` the current policy is the sampler."""
+        """The objective's loss for the rollout's masks. Without ``old_logp`` the current policy is the sampler."""
         o = self.objective
         if logits is None:
             logits, values = self(x)
-        cls, valid = roll["cls"], roll["valid"]
+        cls, valid, masks = roll["cls"], roll["valid"], roll["masks"]
         cls_logits = self._pick(logits, cls)  # [B, F]
-        new_logp = obj.joint_log_prob(cls_logits, roll["masks"], valid)  # [B, K]
-        if old_logp is None:
-            old_logp = new_logp.detach()
-        actor = obj.ppo_actor_loss(new_logp, old_logp, roll["adv"], o.clip)
-        critic = ((roll["rewards"] - self._pick(values, cls).unsqueeze(1)) ** 2).mean()
-        entropy = obj.bernoulli_entropy(cls_logits, valid)
+        value = self._pick(values, cls)  # [B]
         kl = obj.kl_to_target(p_full, obj.class_head_log_probs(logits, valid))
-        loss = o.actor_weight * actor + o.critic_weight * critic - o.entropy_weight * entropy + o.kl_weight * kl
-        parts = {"actor_loss": actor, "critic_loss": critic, "entropy": entropy, "kl": kl, "loss": loss}
+        parts: dict[str, torch.Tensor] = {"kl": kl}
+        if o.estimator == "ppo":
+            new_logp = obj.joint_log_prob(cls_logits, masks, valid)  # [B, K]
+            if old_logp is None:
+                old_logp = new_logp.detach()
+            actor = obj.ppo_actor_loss(new_logp, old_logp, roll["adv"], o.clip)
+            critic = ((roll["rewards"] - value.unsqueeze(1)) ** 2).mean()
+            entropy = obj.bernoulli_entropy(cls_logits, valid)
+            loss = o.actor_weight * actor + o.critic_weight * critic - o.entropy_weight * entropy + o.kl_weight * kl
+            parts.update(actor_loss=actor, critic_loss=critic, entropy=entropy)
+        elif o.estimator == "reinforce":
+            if o.sampler == "antithetic":
+                actor = obj.disarm_loss(cls_logits, masks, roll["rewards"], valid)
+            else:
+                actor = obj.reinforce_loss(cls_logits, masks, roll["adv"], valid)
+            critic = ((roll["rewards"] - value.unsqueeze(1)) ** 2).mean()
+            entropy = obj.entropy_sum(cls_logits, valid)
+            loss = actor + o.critic_weight * critic - o.temperature * entropy + o.kl_weight * kl
+            parts.update(actor_loss=actor, critic_loss=critic, entropy=entropy)
+        elif o.estimator == "fastshap":
+            fit = obj.fastshap_loss(o.temperature * cls_logits, roll["rewards"], masks, roll["r_empty"],
+                                    roll["r_full"], valid)
+            loss = fit + o.kl_weight * kl
+            parts.update(fit_loss=fit)
+        else:  # regression: the entropy-regularised gradient with a per-feature linear control variate
+            fit = obj.regression_loss(o.temperature * cls_logits, value, roll["rewards"], masks, roll["centre"], valid)
+            loss = fit + o.kl_weight * kl
+            parts.update(fit_loss=fit, entropy=obj.bernoulli_entropy(cls_logits, valid))
+        parts["loss"] = loss
         return loss, parts, old_logp
 
     def _rollout(self, x: Any, logits: torch.Tensor, values: torch.Tensor, p_full: torch.Tensor,
                  generator: torch.Generator | None = None) -> dict:
-        """Sample K masks per input, query the black box, compute rewards and advantages."""
-        o, bb = self.objective, self._bb()
+        """Sample K masks per input, query the black box, compute rewards (and advantages)."""
+        o = self.objective
         cls = p_full.argmax(-1)
         valid = self.masker.valid(x)
-        cls_logits = self._pick(logits.detach(), cls)
-        masks = obj.sample_masks(torch.sigmoid(cls_logits), o.num_samples, valid, o.epsilon, generator)
+        probs = torch.sigmoid(self._pick(logits.detach(), cls))
+        if o.estimator == "ppo":
+            masks = obj.sample_masks(probs, o.num_samples, valid, o.epsilon, generator)
+            centre = probs.unsqueeze(1).expand_as(masks)
+        else:
+            masks, centre = obj.sample_coupled(probs, o.num_samples, valid, o.sampler, o.keep_rate, generator)
+        prob, rewards = self._query(x, masks, valid, cls, p_full)
+        roll = {"cls": cls, "valid": valid, "masks": masks, "centre": centre, "prob": prob, "rewards": rewards,
+                **self._ends(x, valid, cls, p_full)}
+        return self._finish(roll, values, probs)
+
+    def _query(self, x: Any, masks: torch.Tensor, valid: torch.Tensor, cls: torch.Tensor,
+               p_full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target-class probabilities [B, K] of the masked inputs and their rewards [B, K]."""
+        o, bb = self.objective, self._bb()
         b, k, _ = masks.shape
         prob = self._pick(bb(self.masker.apply(x, masks)).view(b, k, -1), cls)
         extra = {}
-        if o.comprehensiveness:
+        if o.needs_complement:
             comp = (1 - masks) * valid.unsqueeze(1).to(masks.dtype)
             extra = {"prob_full": self._pick(p_full, cls),
                      "prob_complement": self._pick(bb(self.masker.apply(x, comp)).view(b, k, -1), cls)}
-        nf = valid.sum(1)
-        rewards = obj.compute_reward(prob, masks, nf, o.reward, o.sparsity, o.comprehensiveness, **extra)
-        adv = obj.advantages(rewards, self._pick(values.detach(), cls), o.baseline, o.normalize_advantage)
-        return {"cls": cls, "valid": valid, "masks": masks, "prob": prob, "rewards": rewards, "adv": adv,
-                "mask_frac": (masks.sum(-1) / nf.unsqueeze(1)).mean()}
+        return prob, obj.compute_reward(prob, masks, valid.sum(1), o.reward, o.sparsity, o.comprehensiveness, **extra)
+
+    def _ends(self, x: Any, valid: torch.Tensor, cls: torch.Tensor, p_full: torch.Tensor) -> dict:
+        """FastSHAP's efficiency constraint: rewards of the empty and the full input (one extra query)."""
+        o = self.objective
+        if not o.needs_empty:
+            return {}
+        b, f = valid.shape
+        empty = self._pick(self._bb()(self.masker.apply(x, torch.zeros(b, 1, f, device=valid.device))), cls)
+        ends = torch.stack([empty, self._pick(p_full, cls)], 1)  # [B, 2]
+        ends = obj.compute_reward(ends, torch.zeros(b, 2, f, device=valid.device), valid.sum(1), o.reward)
+        return {"r_empty": ends[:, 0], "r_full": ends[:, 1]}
+
+    def _finish(self, roll: dict, values: torch.Tensor, probs: torch.Tensor) -> dict:
+        o, valid, masks, nf = self.objective, roll["valid"], roll["masks"], roll["valid"].sum(1)
+        roll["adv"] = None
+        if o.estimator in ("ppo", "reinforce"):
+            roll["adv"] = obj.advantages(roll["rewards"], self._pick(values.detach(), roll["cls"]), o.baseline,
+                                         o.normalize_advantage)
+        roll["mask_frac"] = (masks.sum(-1) / nf.unsqueeze(1)).mean()
+        roll["policy_frac"] = (probs * valid).sum(-1).div(nf).mean()
+        return roll
+
+    def _banked_rollout(self, x: Any, batch: Any, logits: torch.Tensor, values: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """Like :meth:`_rollout` but off-policy masks are queried once per input (up to ``query_budget``) and
+        reused from the :class:`~fex.bank.RewardBank` afterwards. Returns (rollout, p_full)."""
+        from fex.bank import RewardBank
+
+        o = self.objective
+        if len(batch) < 3:
+            raise InputError("objective.query_budget needs (x, y, index) batches to key the reward bank")
+        keys = [int(i) for i in torch.as_tensor(batch[2]).flatten().tolist()]
+        if self._bank is None:
+            self._bank = RewardBank(o.query_budget, paired=o.sampler in ("paired_uniform", "shapley_kernel"))
+        bank, dev = self._bank, logits.device
+        valid = self.masker.valid(x)
+        if not bank.known(keys):
+            p_new = self._bb()(x)
+            bank.remember(keys, p_full=p_new, **self._ends(x, valid, p_new.argmax(-1), p_new))
+        p_full = bank.recall(keys, "p_full", dev)
+        cls = p_full.argmax(-1)
+        probs = torch.sigmoid(self._pick(logits.detach(), cls))
+        if bank.room(keys) > 0:
+            fresh, _ = obj.sample_coupled(probs, o.num_samples, valid, o.sampler, o.keep_rate)
+            bank.add(keys, fresh, self._query(x, fresh, valid, cls, p_full)[1], valid.sum(1))
+        masks, rewards = bank.sample(keys, o.num_samples, valid.shape[1], dev, logits.dtype)
+        masks = masks * valid.unsqueeze(1).to(masks.dtype)
+        centre = torch.full_like(masks, 0.5 if o.sampler == "paired_uniform" else
+                                 (0.0 if o.sampler == "shapley_kernel" else o.keep_rate))
+        roll = {"cls": cls, "valid": valid, "masks": masks, "centre": centre, "rewards": rewards,
+                "prob": rewards.new_full((1,), float("nan"))}
+        if o.needs_empty:
+            roll.update(r_empty=bank.recall(keys, "r_empty", dev), r_full=bank.recall(keys, "r_full", dev))
+        return self._finish(roll, values, probs), p_full
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0]
         bb = self._bb()
-        q0 = bb.queries
-        p_full = bb(x)  # [B, C] target softmax on the unmasked input
-        logits, values = self(x)
-        roll = self._rollout(x, logits, values, p_full)
+        with bb.counting() as spent:
+            logits, values = self(x)
+            if self.objective.query_budget:
+                roll, p_full = self._banked_rollout(x, batch, logits, values)
+            else:
+                p_full = bb(x)  # [B, C] target softmax on the unmasked input
+                roll = self._rollout(x, logits, values, p_full)
         opt = self.optimizers()
         old_logp = None
-        for epoch in range(self.objective.ppo_epochs):
+        for epoch in range(self.objective.ppo_epochs if self.objective.estimator == "ppo" else 1):
             # the first update reuses the rollout's forward pass (it has grad)
             reuse = {"logits": logits, "values": values} if epoch == 0 else {}
             loss, parts, old_logp = self._losses(x, roll, p_full, old_logp, **reuse)
             opt.zero_grad()
             self.manual_backward(loss)
             opt.step()
-        self._train_queries += bb.queries - q0
+        self._train_queries += spent.n
         bsz = self.masker.batch_size(x)
         log = {f"train/{k}": v.detach() for k, v in parts.items()}
-        log.update({"train/prob": roll["prob"].mean(), "train/mask_frac": roll["mask_frac"]})
+        log.update({"train/prob": roll["prob"].nanmean(), "train/mask_frac": roll["mask_frac"],
+                    "train/policy_frac": roll["policy_frac"]})
         self.log_dict(log, prog_bar=False, batch_size=bsz)
         self.log("train/reward", roll["rewards"].mean(), prog_bar=True, batch_size=bsz)
         self.log("train/queries", float(self._train_queries), reduce_fx="sum", sync_dist=True, batch_size=bsz)
@@ -154,29 +243,35 @@ class ExplainerModule(pl.LightningModule):
         self._val_seen = 0
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Reward statistics on fixed masks, and faithfulness (deletion / insertion AUC of the read-out
+        scores) on the first ``val_auc_examples`` inputs. No query here counts as training cost."""
         x = batch[0]
         bb = self._bb()
-        q0 = bb.queries
-        p_full = bb(x)
-        logits, values = self(x)
-        gen = torch.Generator(device=self.device).manual_seed(1000 + batch_idx)  # same masks every epoch
-        roll = self._rollout(x, logits, values, p_full, generator=gen)
-        bsz = self.masker.batch_size(x)
-        metrics = {"val/reward": roll["rewards"].mean(), "val/prob": roll["prob"].mean(),
-                   "val/mask_frac": roll["mask_frac"],
-                   "val/kl": obj.kl_to_target(p_full, obj.class_head_log_probs(logits, roll["valid"])),
-                   "val/class_agreement": (obj.class_head_log_probs(logits, roll["valid"]).argmax(-1) == roll["cls"]).float().mean()}
-        self.log("val/reward", metrics.pop("val/reward"), prog_bar=True, batch_size=bsz, sync_dist=True)
-        self.log_dict(metrics, prog_bar=False, batch_size=bsz, sync_dist=True)
-        take = min(bsz, self.val_auc_examples - self._val_seen)
-        if take > 0:
-            idx = torch.arange(take, device=roll["cls"].device)
-            xs = self.masker.select(x, idx)
-            scores = torch.sigmoid(self._pick(logits.detach()[:take], roll["cls"][:take]))
-            d = deletion_auc(bb, self.masker, xs, scores, roll["cls"][:take], steps=min(20, scores.shape[1]))
-            self.log("val/deletion_auc", d.mean(), batch_size=take, sync_dist=True)
-            self._val_seen += take
-        bb.queries = q0  # validation queries are not training cost
+        with bb.uncounted():
+            p_full = bb(x)
+            logits, values = self(x)
+            gen = torch.Generator(device=self.device).manual_seed(1000 + batch_idx)  # same masks every epoch
+            roll = self._rollout(x, logits, values, p_full, generator=gen)
+            bsz = self.masker.batch_size(x)
+            head = obj.class_head_log_probs(logits, roll["valid"])
+            metrics = {"val/prob": roll["prob"].mean(), "val/mask_frac": roll["mask_frac"],
+                       "val/policy_frac": roll["policy_frac"], "val/kl": obj.kl_to_target(p_full, head),
+                       "val/class_agreement": (head.argmax(-1) == roll["cls"]).float().mean()}
+            self.log("val/reward", roll["rewards"].mean(), prog_bar=True, batch_size=bsz, sync_dist=True)
+            self.log_dict(metrics, prog_bar=False, batch_size=bsz, sync_dist=True)
+            take = min(bsz, self.val_auc_examples - self._val_seen)
+            if take > 0:
+                idx = torch.arange(take, device=roll["cls"].device)
+                xs = self.masker.select(x, idx)
+                cls = roll["cls"][:take]
+                scores = self.read_out(logits.detach()[:take], cls, roll["valid"][:take])
+                steps = min(20, scores.shape[1])
+                d = deletion_auc(bb, self.masker, xs, scores, cls, steps=steps)
+                i = insertion_auc(bb, self.masker, xs, scores, cls, steps=steps)
+                self.log("val/deletion_auc", d.mean(), batch_size=take, sync_dist=True)
+                self.log("val/insertion_auc", i.mean(), batch_size=take, sync_dist=True)
+                self.log("val/faithfulness", (i - d).mean(), prog_bar=True, batch_size=take, sync_dist=True)
+                self._val_seen += take
 
     def on_validation_epoch_end(self) -> None:
         # quality against training cost: lets a user see how many queries a target needs
@@ -188,7 +283,8 @@ class ExplainerModule(pl.LightningModule):
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
     def explain(self, x: Any, target: Any = None) -> dict:
-        """One forward pass. Returns ``scores`` [B, F] (Bernoulli means for the explained class),
+        """One forward pass. Returns ``scores`` [B, F] (the read-out for the explained class: Bernoulli means
+        or tau * logits, see :meth:`read_out`),
         ``attributions`` (input shape), ``target`` [B], ``valid`` [B, F].
 
         ``target=None`` explains the black box's prediction (one query per input) if a black box
@@ -204,15 +300,26 @@ class ExplainerModule(pl.LightningModule):
         valid = self.masker.valid(x)
         b = logits.shape[0]
         cls = self._resolve_target(x, target, logits, valid)
-        scores = torch.sigmoid(self._pick(logits, cls)) * valid.to(logits.dtype)
+        scores = self.read_out(logits, cls, valid)
         return {"scores": scores, "attributions": self.masker.expand(scores, x), "target": cls, "valid": valid,
                 "num_features": valid.sum(1)} if b else {}
+
+    def read_out(self, logits: torch.Tensor, cls: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Per-feature scores [B, F] for class ``cls`` [B] from logits [B, F, C]: ``attribution=prob`` gives
+        pi = sigmoid(theta) (the paper), ``logit`` gives tau * theta (reward units); padding features are 0."""
+        theta = self._pick(logits, cls)
+        o = self.objective
+        scores = torch.sigmoid(theta) if o.attribution == "prob" else o.temperature * theta
+        return scores * valid.to(scores.dtype)
 
     def _resolve_target(self, x: Any, target: Any, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         b, c = logits.shape[0], logits.shape[-1]
         if target is None:
             if self.blackbox is not None:
                 return self._bb()(x).argmax(-1).to(logits.device)
+            if not self.objective.kl_weight:
+                raise InputError("this explainer has no trained class head (objective.kl_weight=0): pass target=... "
+                                 "or attach the black box (target=model when loading)")
             return obj.class_head_log_probs(logits, valid).argmax(-1)
         t = torch.as_tensor(target, device=logits.device).long().flatten()
         if t.numel() == 1:
@@ -234,7 +341,7 @@ class ExplainerModule(pl.LightningModule):
         return self.explain(inputs, target)["attributions"]
 
     def feature_scores(self, inputs: Any, target: Any = None) -> torch.Tensor:
-        """Per-feature scores [B, F] (Bernoulli keep-probabilities; padding features are 0)."""
+        """Per-feature scores [B, F] (see :meth:`read_out`; padding features are 0)."""
         return self.explain(inputs, target)["scores"]
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict:

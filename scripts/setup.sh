@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-$PY -m pip install -q torch==2.13.0 -e ".[text,wandb,dev]"
+$PY -m pip install -q torch==2.13.0 -e ".[text,wandb,dev,interactions,tda]"
 # The vision extra: torchvision's only wheel here is a CUDA build; fex imports it lazily through a
 # compat shim. It goes into a side folder (no deps) so the main environment runs without torchvision.
 if [ ! -d .cache/torchvision-site/torchvision ]; then

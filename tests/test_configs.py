@@ -26,7 +26,9 @@ def options(group: str) -> list[str]:
 def test_default_config_composes(tmp_path):
     cfg = compose(output_dir=tmp_path)
     assert cfg.target.output == "logits" and list(cfg.masker.grid) == [7, 7]
-    assert cfg.objective.num_samples == 5 and cfg.objective.clip == 0.2 and cfg.objective.kl_weight == 1.0
+    assert cfg.objective.estimator == "regression" and cfg.objective.attribution == "logit"
+    paper = compose(overrides=["objective=fex_paper"], output_dir=tmp_path).objective
+    assert paper.num_samples == 5 and paper.clip == 0.2 and paper.kl_weight == 1.0 and paper.reward == "fex"
 
 
 @pytest.mark.parametrize("option", options("data"))
