@@ -48,7 +48,7 @@ def test_pip_install_then_console_scripts_from_anywhere(tmp_path):
     run = work / "run"
     sh([str(bin_ / "fex-train"), f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]", "data=synth", "target=linear",
         "trainer.max_epochs=1", "logger=none", "trainer.enable_progress_bar=false", "gallery_size=2",
-        "val_auc_examples=0", "masker.grid=[4,4]", "policy.backbone.width=4", "policy.backbone.depth=1",
+        "val_auc_examples=4", "masker.grid=[4,4]", "policy.backbone.width=4", "policy.backbone.depth=1",
         f"hydra.run.dir={run}"], work, env)
     ckpt = run / "explainer.ckpt"
     sources = OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.runtime.config_sources

@@ -20,7 +20,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from fex.errors import ConfigError
 from fex.explainer import build_explainer, load_explainer
 from fex.io import atomic_write
-from fex.module import ExplainerModule
+from fex.module import BANK_KEY, ExplainerModule
 from fex.tasks.common import build, build_blackbox, build_data, instantiate_list
 
 LAST = "last.ckpt"
@@ -74,10 +74,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     best = getattr(cb, "best_model_path", "") if cb else ""
     if trainer.is_global_zero:
         with atomic_write(ckpt_path) as fh:  # never a half-written explainer
-            if best and Path(best).is_file():
-                fh.write(Path(best).read_bytes())
-            else:
-                trainer.save_checkpoint(Path(fh.name))
+            if not (best and Path(best).is_file()):
+                best = fh.name
+                trainer.save_checkpoint(best)
+            state = torch.load(best, map_location="cpu", weights_only=True)
+            state.pop(BANK_KEY, None)  # training state for resume, not part of the explainer
+            torch.save(state, fh)
     if trainer.world_size > 1:
         trainer.strategy.barrier()
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
