@@ -39,6 +39,11 @@ def load(checkpoint: str, methods: str, overrides: list[str]):
     return cfg, bb, explainer, ds
 
 
+def first_inputs(ds: Any, n: int, masker: Any) -> Any:
+    """The first ``n`` inputs of a dataset as one batch, made by the masker's renderer (any modality)."""
+    return masker.renderer().collate([ds[i][0] for i in range(min(n, len(ds)))])
+
+
 def bench(cfg, bb, explainer, x: Any, batch_size: int, reference: str = "kernel_shap",
           methods: dict | None = None) -> list[dict]:
     """The side-by-side run: rows with cost, quality and ratios to ``reference``. ``methods`` (name ->
@@ -114,7 +119,7 @@ def bench_seeds(checkpoints: list[str], methods: str, overrides: list[str], n: i
     with ``<metric>_std`` (spread across seeds) and one ``fex[seed i]`` row each.
     Returns (rows with ratios, the evaluate config, the first explainer, the inputs)."""
     cfg, bb, explainer, ds = load(checkpoints[0], methods, overrides)
-    x = ds.x[:n] if hasattr(ds, "x") else explainer.masker.encode(list(ds.texts[:n]))
+    x = first_inputs(ds, n, explainer.masker)
     rows = bench(cfg, bb, explainer, x, batch_size, reference)
     fex_rows = [r for r in rows if r["method"] == "fex" and "error" not in r]
     for ck in checkpoints[1:]:

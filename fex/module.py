@@ -25,6 +25,7 @@ from fex.maskers.base import Masker
 from fex.metrics import deletion_auc, insertion_auc
 
 CKPT_KEY = "fex"  # ckpt["fex"]: format in fex/explainer.py
+BANK_KEY = "fex_reward_bank"  # training checkpoints only (resume); stripped from the final explainer
 
 
 class ExplainerModule(pl.LightningModule):
@@ -59,7 +60,7 @@ class ExplainerModule(pl.LightningModule):
         self._saved_fingerprint: dict | None = None
         self._train_queries = 0
         self._val_seen = 0
-        self._bank = None  # fex.bank.RewardBank when objective.query_budget > 0 (not checkpointed)
+        self._bank = None  # fex.bank.RewardBank when objective.query_budget > 0 (in training checkpoints only)
         if blackbox is not None:
             self.attach(blackbox)
 
@@ -398,11 +399,23 @@ class ExplainerModule(pl.LightningModule):
 
         checkpoint[CKPT_KEY] = checkpoint_meta(self)
 
+        if self._bank is not None:  # a training checkpoint: resuming must not pay for banked queries again
+            b = self._bank
+            checkpoint[BANK_KEY] = {"budget": b.budget, "paired": b.paired, "masks": b.masks, "rewards": b.rewards,
+                                    "info": b.info}
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Resuming training (``Trainer.fit(ckpt_path=...)``): the query count goes on from the checkpoint's."""
+        """Resuming training (``Trainer.fit(ckpt_path=...)``): the query count and the reward bank go on
+        from the checkpoint's."""
         from fex.explainer import CKPT_KEY
 
         self._train_queries = int(checkpoint.get(CKPT_KEY, {}).get("train_queries") or 0)
+        state = checkpoint.get(BANK_KEY)
+        if state is not None:
+            from fex.bank import RewardBank
+
+            self._bank = RewardBank(state["budget"], paired=state["paired"])
+            self._bank.masks, self._bank.rewards, self._bank.info = state["masks"], state["rewards"], state["info"]
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, target: Any = None, allow_target_mismatch: bool = False,

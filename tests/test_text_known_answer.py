@@ -1,20 +1,15 @@
 """Known answer: a text black box that depends only on the planted word "great"."""
 from __future__ import annotations
 
-from functools import partial
 
 import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from fex import BlackBox, ExplainerModule
+from fex import BlackBox
 from fex.data.text import TextCollate, TextDataset
-from fex.maskers.text import WordMasker
-from fex.objective import FexObjective
-from fex.policy import Policy
-from fex.policy.text import WordEmbeddingBackbone
-from tests.text_helpers import planted_word_blackbox, synthetic_sentences
+from tests.text_helpers import planted_word_blackbox, small_text_explainer, synthetic_sentences
 
 
 @pytest.fixture
@@ -28,13 +23,12 @@ def one_thread():
 
 def test_planted_word_ranked_first(one_thread):
     pl.seed_everything(0)
-    masker = WordMasker(max_length=32)
     train = synthetic_sentences(640, seed=0)
     loader = DataLoader(TextDataset(train, torch.zeros(len(train), dtype=torch.long)), batch_size=32, shuffle=True,
                         collate_fn=TextCollate(None, 32))
     bb = BlackBox(planted_word_blackbox("great"), output="probs", num_classes=2)
-    module = ExplainerModule(Policy(WordEmbeddingBackbone(dim=32), num_classes=2, hidden=32), masker, FexObjective(),
-                             partial(torch.optim.Adam, lr=3e-3), bb, val_auc_examples=0)
+    module = small_text_explainer(dim=32, hidden=32, max_length=32, blackbox=bb, lr=3e-3)
+    masker = module.masker
     trainer = pl.Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, accelerator="cpu")
     trainer.fit(module, loader)

@@ -71,3 +71,16 @@ def bow_sentences(n: int, seed: int = 0, min_len: int = 5, max_len: int = 8) -> 
     """Sentences of distinct vocabulary words (each word at most once, so its weight is its effect)."""
     rng = random.Random(seed)
     return [" ".join(rng.sample(BOW_VOCAB, rng.randint(min_len, max_len))) for _ in range(n)]
+
+
+def small_text_explainer(dim: int = 32, hidden: int = 32, init_bias: float = 0.0, max_length: int = 128,
+                         blackbox=None, lr: float = 3e-3, val_auc_examples: int = 0):
+    """A word-embedding text explainer over words, built the one way explainers are built."""
+    from fex.explainer import build_explainer
+
+    return build_explainer({
+        "masker": {"_target_": "fex.maskers.text.WordMasker", "max_length": max_length},
+        "policy": {"_target_": "fex.policy.Policy", "num_classes": 2, "hidden": hidden, "init_bias": init_bias,
+                   "backbone": {"_target_": "fex.policy.text.WordEmbeddingBackbone", "dim": dim}},
+        "objective": {}, "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": lr},
+        "num_classes": 2, "val_auc_examples": val_auc_examples}, blackbox=blackbox)

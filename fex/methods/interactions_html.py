@@ -12,7 +12,7 @@ from typing import Sequence
 try:  # the text renderer is moving into the fex.render package
     from fex.render.text import html_words
 except ImportError:  # pragma: no cover - depends on the merge order
-    from fex.textviz import html_words
+    from fex.render.text import html_words
 
 from fex.io import write_text
 

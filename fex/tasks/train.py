@@ -20,8 +20,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from fex.callbacks import health_summary
 from fex.errors import ConfigError
 from fex.explainer import build_explainer, load_explainer
-from fex.io import atomic_checkpoints, check_writable, copy_file, write_json
-from fex.module import ExplainerModule
+from fex.io import atomic_checkpoints, atomic_write, check_writable, copy_file, write_json
+from fex.module import BANK_KEY, ExplainerModule
 from fex.tasks.common import build, build_blackbox, build_data, instantiate_list
 
 LAST = "last.ckpt"
@@ -79,6 +79,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
             copy_file(best, ckpt_path)  # atomic: never a half-written explainer
         else:
             trainer.save_checkpoint(ckpt_path)  # atomic through fex.io.AtomicCheckpointIO
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state.pop(BANK_KEY, None) is not None:  # the reward bank is training state for resume, not the explainer
+            with atomic_write(ckpt_path) as fh:
+                torch.save(state, fh)
     if trainer.world_size > 1:
         trainer.strategy.barrier()
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
