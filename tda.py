@@ -1,22 +1,6 @@
-"""Training-data attribution: `python tda.py [group=option] [key=value]` (Hydra, conf/tda.yaml). See README."""
-import sys
-
-import hydra
-from omegaconf import DictConfig
-
-from fex.errors import FexError
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="tda")
-def main(cfg: DictConfig) -> None:
-    from fex.tasks.tda import tda
-
-    try:
-        tda(cfg)
-    except FexError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-
+"""Which training examples made these predictions: `python tda.py [group=option] [key=value]` (Hydra,
+conf/tda.yaml; same as `fex-tda`). See README "Which training examples made this prediction"."""
+from fex.cli import tda_app
 
 if __name__ == "__main__":
-    main()
+    tda_app()

@@ -39,10 +39,10 @@ from fex.baselines import Fex  # noqa: E402
 from fex.blackbox import BlackBox  # noqa: E402
 from fex.io import write_json, write_text  # noqa: E402
 from fex.methods.nullcheck import IgnoreFeatures  # noqa: E402
-from fex.tasks.common import build_blackbox, build_data  # noqa: E402
+from fex.tasks.common import build_blackbox, build_data, conf_dir  # noqa: E402
 
-METHODS = ("fex,kernel_shap,lime,feature_ablation,shapley_sampling,integrated_gradients,psig,rise,rloco,spex,"
-           "proxyspex,random")
+METHODS = ("fex,kernel_shap,lime,feature_ablation,shapley_sampling,banzhaf,integrated_gradients,psig,rise,rloco,"
+           "spex,proxyspex,random")
 NULL = "16,17,18,23,24,25,30,31,32"  # the centre 3x3 patches of the 7x7 grid: where the digits are
 QUESTION = {
     "fex": "which patches matter (amortized: trained once)",
@@ -53,13 +53,14 @@ QUESTION = {
     "integrated_gradients": "which features matter (gradients, white box)",
     "psig": "which features matter (IG averaged over path baselines, white box)",
     "rise": "which features matter (random masks)",
+    "banzhaf": "which features matter (Banzhaf values, sample reuse)",
     "rloco": "which features matter in this input's region",
     "spex": "which features act together (interactions) + Shapley values",
     "proxyspex": "which features act together (interactions) + Shapley values",
     "random": "nothing (the floor)",
 }
 QUICK = ["method.kernel_shap.n_samples=40", "method.lime.n_samples=40", "method.shapley_sampling.n_samples=1",
-         "method.integrated_gradients.n_steps=8", "method.psig.n_steps=8", "method.rise.n_masks=64",
+         "method.integrated_gradients.n_steps=8", "method.psig.n_steps=8", "method.rise.n_masks=64", "method.banzhaf.n_masks=64",
          "method.spex.budget=600", "method.proxyspex.budget=200",
          "+method.proxyspex.proxy_grid={max_depth:[3],max_iter:[100],learning_rate:[0.1]}"]
 
@@ -160,18 +161,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if a.quick:
         a.n, a.reference, a.batch_size = 4, 8, 2
         overrides = [o for o in QUICK if o.split("=")[0].lstrip("+").split(".")[1] in names] + overrides
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("evaluate", [f"checkpoint={a.checkpoint}", f"method=[{','.join(names)}]", "output_dir=.",
-                                   *overrides])
-    bb = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
     explainer = None
-    if a.checkpoint:
-        from fex.module import ExplainerModule
+    if a.checkpoint:  # the checkpoint's own data/target configs (fex.bench.load), as bench_mnist does
+        from fex.bench import load
 
-        explainer = ExplainerModule.from_checkpoint(a.checkpoint, target=bb, allow_target_mismatch=cfg.allow_target_mismatch)
+        cfg, bb, explainer, _ = load(a.checkpoint, ",".join(names), overrides)
         masker = explainer.masker
     else:
-        masker = instantiate(OmegaConf.load(ROOT / "conf/masker/patch.yaml"), input_shape=list(cfg.data.input_shape))
+        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+            cfg = compose("evaluate", ["checkpoint=none", "data=mnist", "target=mnist_cnn", f"method=[{','.join(names)}]",
+                                       "output_dir=.", *overrides])
+        bb = build_blackbox(cfg.target, num_classes=int(cfg.data.num_classes))
+        masker = instantiate(OmegaConf.load(conf_dir() / "masker/patch.yaml"), input_shape=list(cfg.data.input_shape))
     data = build_data(cfg.data)
     x, x_ref = data.dataset("test").x[: a.n], data.dataset("train").x[: a.reference]
     null = [int(i) for i in a.null.split(",")]

@@ -33,7 +33,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from fex.io import write_json, write_text  # noqa: E402
 from fex.methods.interactions_html import interaction_block, write_interactions_html  # noqa: E402
 from fex.methods.spex import SpexInteractions  # noqa: E402
-from fex.tasks.common import build_blackbox, build_data  # noqa: E402
+from fex.tasks.common import build_blackbox, build_data, conf_dir  # noqa: E402
 
 NEGATIONS = ("not", "never", "n't")
 
@@ -63,10 +63,10 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if a.quick:
         a.n, a.budget, a.html = 3, 700, 3
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         cfg = compose("evaluate", ["data=rotten_tomatoes", "target=minilm_sentiment", "checkpoint=none", "method=[]"])
-    bb = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
-    masker = instantiate(OmegaConf.load(ROOT / "conf/masker/words.yaml"))
+    bb = build_blackbox(cfg.target, num_classes=int(cfg.data.num_classes))
+    masker = instantiate(OmegaConf.load(conf_dir() / "masker/words.yaml"))
     dm = build_data(cfg.data)
     dm.setup()
     test = dm._splits["test"]
@@ -74,7 +74,29 @@ def main(argv: list[str] | None = None) -> dict:
     chosen = [i for i, t in enumerate(test.texts) if any(is_negation(w) for w in t.split())
               and len(t.split()) <= a.max_words][: a.n]
     method = SpexInteractions(bb, masker, budget=a.budget, max_order=2, index="FSII", top_k=10, seed=int(cfg.seed))
-    rows, blocks = [], []
+
+    def report(rows: list[dict], blocks: list[str]) -> dict:
+        n = len(rows)
+        frac = sum(r["negation_in_top"] for r in rows) / max(1, n)
+        chance = sum(r["chance"] for r in rows) / max(1, n)
+        q = [r["queries"] for r in rows]
+        summary = {"snippets": n, "budget": a.budget, "top": a.top, "negation_in_top_pairs": frac,
+                   "chance_rate": chance, "queries_mean": sum(q) / max(1, n), "queries_min": min(q, default=0),
+                   "queries_max": max(q, default=0), "words_mean": sum(r["words"] for r in rows) / max(1, n)}
+        out_dir = Path(a.out)
+        intro = (f"MiniLM sentiment classifier, SPEX (FSII, order 2, budget {a.budget}), first {n} test snippets with a "
+                 f"negation word; a top-{a.top} pair contains the negation in {frac:.0%} of them (random pairs: {chance:.0%}).")
+        write_interactions_html(out_dir / "interactions.html", blocks, title="SPEX word interactions (MiniLM sentiment)",
+                                intro=intro)
+        write_json(out_dir / "results.json", {"summary": summary, "rows": rows})
+        md = ["| snippets | budget | mean queries (min-max) | mean words | negation in top-%d pairs | random pairs |" % a.top,
+              "|---|---|---|---|---|---|",
+              f"| {n} | {a.budget} | {summary['queries_mean']:.0f} ({summary['queries_min']}-{summary['queries_max']}) "
+              f"| {summary['words_mean']:.1f} | {frac:.1%} | {chance:.1%} |"]
+        write_text(out_dir / "summary.md", "\n".join(md) + "\n")
+        return summary
+
+    rows, blocks, summary = [], [], {}
     for k, i in enumerate(chosen):
         x = masker.encode([test.texts[i]])
         with bb.uncounted():
@@ -96,25 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
             blocks.append(interaction_block(words, out["scores"][0].tolist(), out["interactions"][0],
                                             out["queries"][0], [f"test #{i}", f"prediction <b>{names[pred]}</b>",
                                                                 f"p={float(probs[pred]):.3f}", out["solver"][0]]))
-    n = len(rows)
-    frac = sum(r["negation_in_top"] for r in rows) / max(1, n)
-    chance = sum(r["chance"] for r in rows) / max(1, n)
-    q = [r["queries"] for r in rows]
-    summary = {"snippets": n, "budget": a.budget, "top": a.top, "negation_in_top_pairs": frac,
-               "chance_rate": chance, "queries_mean": sum(q) / max(1, n), "queries_min": min(q, default=0),
-               "queries_max": max(q, default=0), "words_mean": sum(r["words"] for r in rows) / max(1, n)}
-    out_dir = Path(a.out)
-    intro = (f"MiniLM sentiment classifier, SPEX (FSII, order 2, budget {a.budget}), first {n} test snippets with a "
-             f"negation word; a top-{a.top} pair contains the negation in {frac:.0%} of them (random pairs: {chance:.0%}).")
-    write_interactions_html(out_dir / "interactions.html", blocks, title="SPEX word interactions (MiniLM sentiment)",
-                            intro=intro)
-    write_json(out_dir / "results.json", {"summary": summary, "rows": rows})
-    md = ["| snippets | budget | mean queries (min-max) | mean words | negation in top-%d pairs | random pairs |" % a.top,
-          "|---|---|---|---|---|---|",
-          f"| {n} | {a.budget} | {summary['queries_mean']:.0f} ({summary['queries_min']}-{summary['queries_max']}) "
-          f"| {summary['words_mean']:.1f} | {frac:.1%} | {chance:.1%} |"]
-    write_text(out_dir / "summary.md", "\n".join(md) + "\n")
-    print("\n".join(md))
+        summary = report(rows, blocks)  # rewritten after every snippet: a cut run keeps what it measured
+    print(Path(a.out, 'summary.md').read_text())
     return summary
 
 

@@ -230,3 +230,34 @@ def test_tda_config_options_compose_and_build(sampler, solver, tmp_path):
 def test_tda_text_preset_composes(tmp_path):
     cfg = compose("tda", ["tda_preset=text"], tmp_path)
     assert cfg.data._target_.endswith("TextDataModule") and cfg.target.model._target_.endswith("minilm_sentiment")
+
+
+def test_text_last_layer_and_subset_paths_agree():
+    """On a tiny random BERT classifier (bundled MiniLM tokenizer), the hook path (last layer on
+    captured features) and the functional_call path over token ids give the same gradients."""
+    transformers = pytest.importorskip("transformers")
+    from fex.maskers.text import resolve_model_path
+    from fex.targets.text import HFTextClassifier
+
+    tok = transformers.AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    torch.manual_seed(0)
+    conf = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                   num_attention_heads=2, intermediate_size=32, num_labels=2)
+    clf = HFTextClassifier(transformers.BertForSequenceClassification(conf), tok, max_length=16)
+    texts, y = ["a great film", "dull and long", "fine"], torch.tensor([1, 0, 1])
+    last = LossModel(clf, "last")
+    sub = LossModel(clf, ["model.classifier"])
+    assert last.names == sub.names == ["model.classifier.weight", "model.classifier.bias"]
+    g_last = last.grads(last.prepare(texts), y)
+    g_sub = sub.grads(sub.prepare(texts), y)
+    assert g_last.shape == (3, 34) and torch.allclose(g_last, g_sub, atol=1e-5)
+
+
+def test_text_page_escapes_and_lists_both_kinds(tmp_path):
+    from fex.tda.render import render
+
+    t = [{"x": "a <b>great</b> film", "title": "#1 y=fresh", "helpful": [{"x": "lovely & warm", "title": "+0.3"}],
+          "harmful": [{"x": "dull", "title": "-0.2"}]}]
+    page = render(t, tmp_path).read_text()
+    assert "&lt;b&gt;great&lt;/b&gt;" in page and "lovely &amp; warm" in page
+    assert page.index("most helpful") < page.index("lovely") < page.index("most harmful") < page.index("dull")
