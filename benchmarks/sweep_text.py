@@ -25,19 +25,20 @@ from fex.io import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# name -> overrides of experiment=text_rt (the objective options of issue 8; temperature in reward units).
+# name -> overrides of experiment=text_rt, whose objective (conf/objective/text.yaml) is the base: regression,
+# reward prob, K=4 antithetic masks, temperature 0.1, logit read-out (issue 8's options; tau in reward units).
 # Every row gets the same number of training QUERIES (--queries), so rows with more masks per input
 # see fewer inputs.
 GRID: dict[str, list[str]] = {
     "paper (fex reward, PPO, K=5)": ["objective=fex_paper"],
-    "K16_t0.1 (objective default)": ["objective.num_samples=16"],
-    "K4_t0.1": ["objective.num_samples=4"],
-    "K4_t0.03": ["objective.num_samples=4", "objective.temperature=0.03"],
-    "K4_t0.3": ["objective.num_samples=4", "objective.temperature=0.3"],
-    "K4_logprob_t0.3": ["objective.num_samples=4", "objective.reward=logprob", "objective.temperature=0.3"],
-    "K4_keep_minus_remove_t0.2": ["objective.num_samples=4", "objective.reward=keep_minus_remove",
-                                  "objective.temperature=0.2"],
-    "K4_t0.1_policy_sampler": ["objective.num_samples=4", "objective.sampler=policy"],
+    "K16_t0.1": ["objective.num_samples=16"],
+    "K4_t0.1 (the preset, objective=text)": [],
+    "K4_t0.03": ["objective.temperature=0.03"],
+    "K4_t0.3": ["objective.temperature=0.3"],
+    "K4_logprob_t0.3": ["objective.reward=logprob", "objective.temperature=0.3"],
+    "K4_keep_minus_remove_t0.2": ["objective.reward=keep_minus_remove", "objective.temperature=0.2"],
+    "K4_t0.1_policy_sampler": ["objective.sampler=policy"],
+    "banked_logprob (objective=fex, the MNIST default)": ["objective=fex"],
 }
 PAPER_K = 5
 
@@ -45,7 +46,8 @@ PAPER_K = 5
 def queries_per_input(overrides: list[str], default_k: int) -> int:
     """Training queries per input per step: the unmasked input, K masks, and K complements if needed."""
     kv = dict(o.split("=", 1) for o in overrides if "=" in o)
-    k = int(kv.get("objective.num_samples", PAPER_K if kv.get("objective") == "fex_paper" else default_k))
+    group_k = {"fex_paper": PAPER_K, "fex": 32}.get(kv.get("objective", ""), default_k)
+    k = int(kv.get("objective.num_samples", group_k))
     twice = kv.get("objective.reward") == "keep_minus_remove" or float(kv.get("objective.comprehensiveness", 0))
     return 1 + k * (2 if twice else 1)
 
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--queries", type=int, default=3000, help="training queries per run (same for every row)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--val-examples", type=int, default=48, help="validation snippets scored (once, at the end)")
-    p.add_argument("--default-k", type=int, default=16, help="num_samples of the default objective")
+    p.add_argument("--default-k", type=int, default=4, help="num_samples of the preset's objective (objective=text)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "outputs/sweep_text"))
