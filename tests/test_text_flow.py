@@ -70,7 +70,10 @@ def test_text_checkpoint_alone_explains_and_evaluates(tmp_path, capsys):
     cfg = compose("train", TEXT_FAST + FAST + ["policy=word_embedding"], output_dir=tmp_path)
     metrics, _ = train(cfg)
     assert metrics["gallery"].endswith("heatmaps.html") and "target/test_accuracy" in metrics
-    over = [f"checkpoint={metrics['checkpoint']}", f"output_dir={tmp_path / 'out'}"]
+    # the test's target is a callable of this test suite, not one of fex's own: a checkpoint never runs
+    # code, so it is named on the command line (everything else comes from the checkpoint)
+    tgt = TEXT_FAST[1:4]
+    over = [f"checkpoint={metrics['checkpoint']}", f"output_dir={tmp_path / 'out'}", *tgt]
     assert explain_main(over + ["text=a truly great little film"]) == 0
     got = json.loads((tmp_path / "out" / "scores.json").read_text())
     rec = got["explained"][0]
@@ -81,10 +84,10 @@ def test_text_checkpoint_alone_explains_and_evaluates(tmp_path, capsys):
     assert capsys.readouterr().err.strip().startswith("error:")
     f = tmp_path / "reviews.txt"
     f.write_text("a great film\n\nnot good at all\n")
-    assert explain_main([f"checkpoint={metrics['checkpoint']}", f"input={f}", f"output_dir={tmp_path / 'o2'}"]) == 0
+    assert explain_main([f"checkpoint={metrics['checkpoint']}", f"input={f}", f"output_dir={tmp_path / 'o2'}", *tgt]) == 0
     got = json.loads((tmp_path / "o2" / "scores.json").read_text())
-    assert [r["line"] for r in got["explained"]] == [1, 2] and got["explained"][1]["words"][2] == "at"
-    ev = compose("evaluate", [f"checkpoint={metrics['checkpoint']}", "method=[fex,random]", "compare.num_examples=4",
+    assert [r["line"] for r in got["explained"]] == [1, 3] and got["explained"][1]["words"][2] == "at"  # true lines
+    ev = compose("evaluate", [f"checkpoint={metrics['checkpoint']}", *tgt, "method=[fex,random]", "compare.num_examples=4",
                               "compare.batch_size=2", "attribution.score=false"], output_dir=tmp_path / "ev")
     m, objects = evaluate(ev)
     assert m["attribution/rows"] == len(objects["datamodule"].dataset("test"))
