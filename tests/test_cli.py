@@ -50,7 +50,7 @@ def test_ddp_two_processes_on_cpu(tmp_path, mnist_target):  # both ranks would o
     (["target=callable", "target.model.path=helpers.no_such_function"], "error: cannot build target"),
     (["target=callable", "target.model.path=helpers.wrong_shape_callable", "data.limit=32"],
      "error: target returned shape"),
-    (["masker.grid=[40,40]"], "error: patch grid 40x40 does not fit a 28x28 image"),
+    (["masker.grid=[40,40]"], "error: cannot build masker fex.maskers.image.PatchMasker: patch grid 40x40 does not fit a 28x28 image"),
 ])
 def test_bad_input_exits_with_one_line_error(tmp_path, mnist_target, args, message):
     res = run([*args, *FAST], tmp_path, timeout=300)
