@@ -7,7 +7,13 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from fex import BlackBox
+from functools import partial
+
+from fex import BlackBox, ExplainerModule
+from fex.maskers.text import WordMasker
+from fex.objective import FexObjective
+from fex.policy import Policy
+from fex.policy.text import WordEmbeddingBackbone
 from fex.data.text import TextCollate, TextDataset
 from tests.text_helpers import planted_word_blackbox, small_text_explainer, synthetic_sentences
 
@@ -55,7 +61,6 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(pearson(ra[None], rb[None])[0])
 
 
-@pytest.mark.skipif(not hasattr(FexObjective(), "estimator"), reason="needs the regression estimator (issue 8)")
 def test_bag_of_words_weights_recovered(one_thread):
     """Known answer: an additive bag-of-words classifier with known per-word weights (p = 1/2 + 0.06 sum w).
     The Banzhaf value of each word is 0.06 w (sign by explained class), which the regression
