@@ -11,4 +11,4 @@ CONF = ["fex.conf", *sorted("fex.conf." + ".".join(d.relative_to(HERE / "conf").
 
 setup(packages=find_packages(include=["fex", "fex.*"]) + CONF,
       package_dir={"fex.conf": "conf"},
-      package_data={p: ["*.yaml"] for p in CONF})
+      package_data={**{p: ["*.yaml"] for p in CONF}, "fex.serve": ["static/*.html"]})

@@ -1,5 +1,5 @@
 """Train an FEX explainer: `python train.py [group=option] [key=value]` (Hydra; same as `fex-train`). See README."""
-from fex.cli import train_app
+from fex.cli import train_main
 
 if __name__ == "__main__":
-    train_app()
+    train_main()

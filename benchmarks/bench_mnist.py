@@ -1,7 +1,11 @@
 """FEX against per-instance baselines on the MNIST default, side by side in one run.
 
-    python train.py hydra.run.dir=outputs/bench/train_default          # the explainer (once)
-    python benchmarks/bench_mnist.py --checkpoint outputs/bench/train_default/explainer.ckpt
+    python train.py hydra.run.dir=outputs/bench/seed0                  # the explainer (once per seed:
+    python train.py hydra.run.dir=outputs/bench/seed1 seed=1 data.seed=0 target.model.seed=0   # same data/target)
+    python benchmarks/bench_mnist.py --checkpoint outputs/bench/seed0/explainer.ckpt outputs/bench/seed1/explainer.ckpt ...
+
+With several checkpoints (training seeds) the fex row is their mean, with the spread across seeds
+(``± std``) and one row per seed; every other method runs once.
 
 Every method explains the same test digits (explained class = the CNN's prediction) on the
 same 7x7 patch features; quality is scored identically (fex.metrics.faithfulness). Prints a
@@ -20,31 +24,30 @@ sys.path.insert(0, str(ROOT))  # this checkout's fex, also when another one is i
 
 import fex  # noqa: E402,F401  (torchvision shim before lightning)
 from fex import compare  # noqa: E402
-from fex.bench import bench, load, machine  # noqa: E402
+from fex.bench import bench_seeds, machine  # noqa: E402
 from fex.io import write_json, write_text  # noqa: E402
 from fex.render import plots  # noqa: E402
 
-DEFAULT_METHODS = "fex,kernel_shap,lime,feature_ablation,shapley_sampling,integrated_gradients,rise,random"
+DEFAULT_METHODS = "fex,banzhaf,kernel_shap,lime,feature_ablation,shapley_sampling,integrated_gradients,rise,random"
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default=str(ROOT / "outputs/bench/train_default/explainer.ckpt"))
+    p.add_argument("--checkpoint", nargs="+", default=[str(ROOT / "outputs/bench/seed0/explainer.ckpt")],
+                   help="one explainer checkpoint per training seed")
     p.add_argument("--n", type=int, default=64, help="test digits explained by every method")
     p.add_argument("--batch-size", type=int, default=16, help="explanations per timed batch")
     p.add_argument("--methods", default=DEFAULT_METHODS)
     p.add_argument("--out", default=str(ROOT / "outputs/bench/mnist"))
     p.add_argument("overrides", nargs="*", help="Hydra overrides of conf/evaluate.yaml (data/target: the checkpoint's)")
     a = p.parse_args(argv)
-    cfg, bb, explainer, ds = load(a.checkpoint, a.methods, a.overrides)
-    x = ds.x[: a.n]
-    rows = bench(cfg, bb, explainer, x, a.batch_size)
+    rows, cfg, explainer, x = bench_seeds(a.checkpoint, a.methods, a.overrides, a.n, a.batch_size)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     table = compare.markdown_table(rows)
     budgets = {k: {kk: vv for kk, vv in v.items() if kk != "_target_"} for k, v in cfg.method.items()}
     header = (f"MNIST CNN, {explainer.masker.num_features()} patch features, {len(x)} test digits, batches of "
-              f"{a.batch_size}; {machine()}\nbudgets: {budgets}\n")
+              f"{a.batch_size}; fex over {len(a.checkpoint)} training seed(s); {machine()}\nbudgets: {budgets}\n")
     write_text(out / "table.md", header + "\n" + table + "\n")
     write_json(out / "metrics.json", {"machine": machine(), "n": len(x), "batch_size": a.batch_size,
                                       "checkpoint": a.checkpoint, "budgets": budgets,

@@ -18,7 +18,6 @@ a finished checkpoint is read back, not retrained.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from pathlib import Path
@@ -52,21 +51,8 @@ VARIANTS = {
 }
 
 
-def read_curve(metrics_csv: Path) -> list[dict]:
-    """Validation points (train_queries, deletion, insertion) of a CSVLogger metrics.csv."""
-    by_step: dict[int, dict] = {}
-    with open(metrics_csv, newline="") as fh:
-        for row in csv.DictReader(fh):
-            by_step.setdefault(int(float(row["step"])), {}).update({k: v for k, v in row.items() if v not in ("", None)})
-    pts = [{"train_queries": float(r["val/train_queries"]), "deletion_auc": float(r["val/deletion_auc"]),
-            "insertion_auc": float(r["val/insertion_auc"])}
-           for r in by_step.values() if "val/train_queries" in r and "val/deletion_auc" in r and "val/insertion_auc" in r]
-    return sorted(pts, key=lambda p: p["train_queries"])
-
-
 def run_variant(name: str, out: Path, a: argparse.Namespace) -> dict:
-    from hydra import compose, initialize_config_dir
-
+    from fex.bench import compose, read_training_curve
     from fex.tasks.train import train
 
     desc, overrides, per_epoch = VARIANTS[name]
@@ -82,11 +68,11 @@ def run_variant(name: str, out: Path, a: argparse.Namespace) -> dict:
     done = run / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", o)
+    cfg = compose("train", o)
     t0 = time.perf_counter()
     metrics, _ = train(cfg)
-    curve = read_curve(run / "logs" / "version_0" / "metrics.csv")
+    curve = [p for p in read_training_curve(run / "logs" / "version_0" / "metrics.csv")
+             if p["deletion_auc"] is not None and p["insertion_auc"] is not None]
     best = max(curve, key=lambda p: p["insertion_auc"] - p["deletion_auc"]) if curve else {}
     res = {"variant": name, "description": desc, "overrides": o, "train_queries": float(metrics["train/queries"]),
            "seconds": time.perf_counter() - t0, "best_val_deletion_auc": best.get("deletion_auc"),
@@ -97,18 +83,17 @@ def run_variant(name: str, out: Path, a: argparse.Namespace) -> dict:
 
 def run_ceiling(out: Path, a: argparse.Namespace) -> dict:
     """The default policy network fitted by supervised regression to per-input Banzhaf labels."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     from fex import metrics as M
+    from fex.bench import compose
     from fex.baselines import Banzhaf
     from fex.tasks.common import build_blackbox, build_data
 
     done = out / "ceiling" / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", [f"seed={a.seed}", "output_dir=."])
+    cfg = compose("train", [f"seed={a.seed}", "output_dir=."])
     torch.manual_seed(a.seed)
     bb = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
     dm = build_data(cfg.data)
@@ -184,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    from fex.plotting import _plt, save_figure
+    from fex.render.plots import _plt, save_figure
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

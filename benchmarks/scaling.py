@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's fex, also when another one is i
 
 from fex.bench import bench, load, machine, read_training_curve, train_explainer, train_overrides  # noqa: E402,F401
 
-METHODS = "fex,kernel_shap,lime,feature_ablation,rise,integrated_gradients"
+METHODS = "fex,banzhaf,kernel_shap,lime,feature_ablation,rise,integrated_gradients"
 COMPARED = ("kernel_shap", "feature_ablation")  # per-instance methods fex must amortize against
 
 
@@ -95,9 +95,26 @@ def break_even_rows(grid_rows: Sequence[dict], against: Sequence[str] = COMPARED
 
 
 # --------------------------------------------------------------------------- running
+def trained(checkpoint: str) -> dict:
+    """Training cost and curve of an explainer trained beforehand (its run directory's log)."""
+    from fex.explainer import read_checkpoint
+
+    run = Path(checkpoint).parent
+    csv_path = run / "logs" / "version_0" / "metrics.csv"
+    curve = read_training_curve(csv_path) if csv_path.is_file() else []
+    meta = read_checkpoint(checkpoint)["fex"]
+    summary = run / "train_metrics.json"  # written by the train task
+    seconds = json.loads(summary.read_text()).get("train/seconds") if summary.is_file() else None
+    return {"checkpoint": checkpoint, "train_queries": float(meta.get("train_queries") or 0),
+            "train_seconds": float(seconds) if seconds is not None else float("nan"),
+            "val_reward": None, "val_deletion_auc": None, "curve": curve}
+
+
 def run_grid(grid: int, out: Path, a: argparse.Namespace) -> dict:
-    """Train fex for one grid, then the side-by-side benchmark of every method on the same digits."""
-    tr = train_explainer(grid, out / f"train_{grid}x{grid}", a.epochs, a.val_per_epoch, a.limit)
+    """Train fex for one grid (or take --checkpoints), then the side-by-side benchmark of every method."""
+    given = dict(kv.split("=", 1) for kv in a.checkpoints.split(",")) if a.checkpoints else {}
+    tr = (trained(given[str(grid)]) if str(grid) in given else
+          train_explainer(grid, out / f"train_{grid}x{grid}", a.epochs, a.val_per_epoch, a.limit))
     overrides = [f"compare.steps={a.steps}", f"method.kernel_shap.n_samples={a.kernel_shap_samples}",
                  f"method.lime.n_samples={a.lime_samples}", f"method.rise.n_masks={a.rise_masks}",
                  f"method.integrated_gradients.n_steps={a.ig_steps}"]
@@ -266,7 +283,7 @@ def report(grids: Sequence[dict], header: str) -> tuple[str, list[dict]]:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--grids", default="7,14,28", help="patches per side, comma-separated")
-    p.add_argument("--epochs", type=int, default=2, help="explainer training epochs per grid")
+    p.add_argument("--epochs", type=int, default=20, help="explainer training epochs per grid")
     p.add_argument("--val-per-epoch", type=int, default=4, help="validations per epoch (points on the training curve)")
     p.add_argument("--limit", type=int, default=None, help="cap each data split (quick runs)")
     p.add_argument("--n", type=int, default=32, help="test digits explained by every method")
@@ -277,6 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rise-masks", type=int, default=1000)
     p.add_argument("--ig-steps", type=int, default=50)
     p.add_argument("--methods", default=METHODS)
+    p.add_argument("--checkpoints", default="", help="grid=checkpoint,... trained beforehand (not retrained)")
     p.add_argument("--out", default=str(ROOT / "outputs/scaling"))
     p.add_argument("--figures", default=None, help="where the PNGs go (default: <out>)")
     p.add_argument("--quick", action="store_true", help="tiny smoke settings (numbers are meaningless)")

@@ -178,12 +178,6 @@ class IntegratedGradients(Method):
         self.n_steps = int(n_steps)
         self.internal_batch_size = int(internal_batch_size)
 
-    def _probs(self, inputs: Any) -> torch.Tensor:
-        out = self.blackbox.model(inputs)
-        out = getattr(out, "logits", out)
-        kind = self.blackbox.output
-        return torch.softmax(out, -1) if kind == "logits" else out.exp() if kind == "log_probs" else out
-
     def attribute_one(self, x: Any, target: int, idx: torch.Tensor, f: int) -> torch.Tensor:
         from captum.attr import IntegratedGradients as IG
 
@@ -195,7 +189,7 @@ class IntegratedGradients(Method):
             m = torch.zeros(z.shape[0], f, dtype=z.dtype, device=dev).index_copy(1, idx_d, z.to(dev))
             inputs = self.masker.apply(x, m.unsqueeze(0))
             self.blackbox.queries += z.shape[0]
-            return self._probs(inputs)[:, target]
+            return self.blackbox.probs_with_grad(inputs)[:, target]
 
         z1 = torch.ones(1, n, device=dev)
         with torch.enable_grad():

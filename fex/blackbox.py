@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 from typing import Any, Callable, Iterator
 
 import torch
@@ -17,6 +18,8 @@ from torch import nn
 from fex.errors import TargetError
 
 OUTPUT_KINDS = ("logits", "probs", "log_probs")
+log = logging.getLogger("fex")
+PROB_TOL = 1e-3  # rows of probabilities must sum to 1 within this (float32 softmax of a real model: ~1e-6)
 
 
 def _slice(inputs: Any, start: int, stop: int) -> Any:
@@ -77,6 +80,7 @@ class BlackBox:
         self.name = name or _qualname(model)
         self.config = dict(config) if config else {}
         self.queries = 0
+        self._warned_kind = False
         self.device = torch.device("cpu")
         if isinstance(model, nn.Module):
             model.eval()
@@ -125,13 +129,39 @@ class BlackBox:
         if out.dim() != 2 or out.shape[0] != n:
             raise TargetError(f"target returned shape {tuple(out.shape)} for {n} inputs; expected class scores [{n}, C]")
         if self.num_classes is not None and out.shape[1] != self.num_classes:
-            raise TargetError(f"target returned {out.shape[1]} classes; expected {self.num_classes}")
+            raise TargetError(f"target returned {out.shape[1]} classes; expected {self.num_classes} "
+                              "(the explainer's / data config's class count)")
         out = out.float()
         if not torch.isfinite(out).all():
             raise TargetError("target returned NaN or Inf scores")
-        if self.output == "probs" and ((out < -1e-4).any() or ((out.sum(-1) - 1).abs() > 1e-3).any()):
-            raise TargetError("target was declared output=probs but its rows are not probabilities; use output=logits")
+        self._check_kind(out)
         return out
+
+    def _check_kind(self, out: torch.Tensor) -> None:
+        """Scores must be of the declared kind: a wrong ``output`` would silently squash or blow up rewards."""
+        if self.output == "probs":
+            if (out < -1e-4).any() or (out > 1 + 1e-4).any() or ((out.sum(-1) - 1).abs() > PROB_TOL).any():
+                raise TargetError("target was declared output=probs but its rows are not probabilities "
+                                  f"(values {out.min():.3g}..{out.max():.3g}, row sums up to {out.sum(-1).max():.3g}); "
+                                  "use output=logits or output=log_probs")
+        elif self.output == "log_probs":
+            lse = torch.logsumexp(out, dim=-1)
+            if (out > 1e-4).any() or (lse.abs() > PROB_TOL).any():
+                raise TargetError("target was declared output=log_probs but its rows are not log-probabilities "
+                                  f"(max {out.max():.3g}, logsumexp up to {lse.abs().max():.3g} from 0); use output=logits")
+        elif not self._warned_kind and out.shape[1] > 1 and (out >= 0).all() and (out <= 1).all() \
+                and ((out.sum(-1) - 1).abs() <= PROB_TOL).all():
+            self._warned_kind = True
+            log.warning("target %s is declared output=logits but returns rows that look like probabilities "
+                        "(in [0, 1], summing to 1); if so, set target.output=probs (softmax of probabilities "
+                        "flattens every reward)", self.name)
+
+    def probs_with_grad(self, inputs: Any) -> torch.Tensor:
+        """Class probabilities of a differentiable ``nn.Module`` target WITH autograd (white-box methods such
+        as integrated gradients); not chunked and not counted: the caller counts its gradient passes."""
+        out = self.model(inputs)
+        out = getattr(out, "logits", out)
+        return torch.softmax(out, -1) if self.output == "logits" else out.exp() if self.output == "log_probs" else out
 
     def reset_queries(self) -> int:
         n, self.queries = self.queries, 0
@@ -151,12 +181,11 @@ class BlackBox:
     def uncounted(self) -> Iterator["QueryCount"]:
         """Queries made inside (metrics, validation, bookkeeping) are not charged to ``queries``;
         the yielded ``QueryCount`` still tells how many there were."""
-        c = QueryCount()
         start = self.queries
         try:
-            yield c
+            with self.counting() as c:
+                yield c
         finally:
-            c.n = self.queries - start
             self.queries = start
 
     # -------------------------------------------------------------- identity
@@ -192,6 +221,14 @@ def weights_hash(model: Any) -> str | None:
         h.update(json.dumps([list(t.shape), str(t.dtype)]).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def check_num_classes(bb: BlackBox, num_classes: int) -> None:
+    """The explainer explains ``num_classes`` classes: a black box declared with another count is refused
+    now; one without a declared count gets it, so its first query checks what it returns."""
+    if bb.num_classes is not None and int(bb.num_classes) != int(num_classes):
+        raise TargetError(f"the target has {bb.num_classes} classes but the explainer explains {num_classes}")
+    bb.num_classes = int(num_classes)
 
 
 def fingerprints_match(saved: dict, current: dict) -> tuple[bool, str]:

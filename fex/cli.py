@@ -15,7 +15,7 @@ from typing import Any, Callable
 import hydra
 from omegaconf import DictConfig
 
-from fex.errors import FexError
+from fex.launch import precheck
 from fex.tasks.common import conf_dir
 
 os.environ.setdefault("WANDB_MODE", "offline")  # never reach for the network unless asked
@@ -23,11 +23,10 @@ CONF = str(conf_dir())
 
 
 def _run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    try:
-        return task(cfg)
-    except FexError as exc:
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        sys.exit(2)
+    """fex and disk errors: one line, exit 2; a run dir the failed run created and left empty is removed."""
+    from fex.launch import run
+
+    return run(task, cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train")
@@ -36,7 +35,7 @@ def train_app(cfg: DictConfig) -> float:
     from fex.tasks.train import train
 
     metrics, _ = _run(train, cfg)
-    return metrics.get("val/reward", float("nan"))
+    return metrics.get("best/val/faithfulness", metrics.get("val/faithfulness", float("nan")))  # sweeper objective
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="evaluate")
@@ -68,16 +67,19 @@ def tda_main() -> None:
 
 
 def train_main() -> None:
+    precheck("train", config_dir=CONF)  # config errors / unwritable run dir: one line, exit 2, before Hydra
     train_app()
 
 
 def evaluate_main() -> None:
+    precheck("evaluate", config_dir=CONF)
     evaluate_app()
 
 
 def explain_main(argv: list[str] | None = None) -> int:
     """``fex-explain key=value ...``; with ``argv`` (tests, notebooks) it returns the exit code."""
     if argv is None:
+        precheck("explain", config_dir=CONF)
         explain_app()
         return 0
     from hydra.core.global_hydra import GlobalHydra
@@ -86,6 +88,7 @@ def explain_main(argv: list[str] | None = None) -> int:
     sys.argv = ["fex-explain", *argv]
     GlobalHydra.instance().clear()
     try:
+        precheck("explain", argv, config_dir=CONF)
         explain_app()
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2

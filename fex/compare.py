@@ -9,6 +9,10 @@ Cost, per method:
   query is not charged to anyone.
 - ``sec_per_expl``: median over batches of (batch wall time / batch size), after one
   warm-up example per method (lazy initialisation is not charged).
+- ``forward_passes`` / ``backward_passes``: rows evaluated forward / back-propagated through the
+  target (``nn.Module`` targets; :class:`fex.methods.cost.PassCounter`) per explanation: a query is
+  one forward row, an IG step one forward and one backward row. ``policy_calls``: batched forward
+  calls of an amortized explainer's policy per explanation (FEX: one per batch).
 - ``peak_mem_mib``: peak resident memory *increase* while the method explains one batch.
   On Linux we release freed heap memory back to the OS (``malloc_trim``), reset the
   kernel's high-water mark (``/proc/self/clear_refs`` = 5) and read ``VmHWM - VmRSS`` around
@@ -89,8 +93,11 @@ def explain_all(method: Any, masker: Masker, x: Any, target: torch.Tensor, batch
     dev = masker.device_of(x)
     if warmup:
         method.attribute(masker.select(x, torch.tensor([0], device=dev)), target[:1])
+    from fex.methods.cost import PassCounter, method_modules
+
+    target_module, policy = method_modules(method)
     times, scores, mem, mem_method = [], [], 0.0, "none"
-    with bb.counting() as queries:
+    with bb.counting() as queries, PassCounter(target_module) as passes, PassCounter(policy) as pol:
         for i, sl in enumerate(_batches(n, batch_size)):
             xb = masker.select(x, torch.arange(sl.start, sl.stop, device=dev))
             if i == 0:
@@ -106,8 +113,10 @@ def explain_all(method: Any, masker: Masker, x: Any, target: torch.Tensor, batch
             times.append(dt / (sl.stop - sl.start))
             scores.append(s.float().cpu())
     return {"scores": torch.cat(scores), "sec_per_expl": statistics.median(times),
-            "queries_per_expl": queries.n / n, "peak_mem_mib": mem, "mem_method": mem_method,
-            "batch_size": batch_size}
+            "queries_per_expl": queries.n / n, "forward_passes": passes.forward / n if target_module else None,
+            "backward_passes": passes.backward / n if target_module else None,
+            "policy_calls": pol.calls / n if policy is not None else None, "peak_mem_mib": mem,
+            "mem_method": mem_method, "batch_size": batch_size}
 
 
 def score_all(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, target: torch.Tensor,
@@ -202,9 +211,12 @@ def markdown_table(rows: list[dict], reference: str = "kernel_shap") -> str:
         if "error" in r:
             lines.append(f"| {r['method']} | failed: {r['error'][:80]} |" + " |" * (head.count("|") - 3))
             continue
+        def pm(k: str, r: dict = r) -> str:  # mean +- spread across training seeds, where there are several
+            return f"{r[k]:.4f}" + (f" ± {r[k + '_std']:.4f}" if f"{k}_std" in r else "")
+
         lines.append(
             f"| {r['method']} | {r['sec_per_expl'] * 1e3:.3g} | {r['queries_per_expl']:.0f} | {_fmt(r['peak_mem_mib'], '.1f')} "
-            f"| {r['deletion_auc']:.4f} | {r['insertion_auc']:.4f} | {r['aopc']:.4f} | {r['comprehensiveness']:.4f} "
+            f"| {pm('deletion_auc')} | {pm('insertion_auc')} | {r['aopc']:.4f} | {r['comprehensiveness']:.4f} "
             f"| {r['sufficiency']:.4f} | {r['faithfulness_corr']:.3f} | {_fmt(r.get('speedup_vs_ref'), '.3g')}x "
             f"| {_fmt(r.get('queries_vs_ref'), '.3g')} | {_fmt(r.get('mem_vs_ref'), '.3g')} "
             f"| {_fmt(r.get('deletion_vs_ref'), '.3f')} | {_fmt(r.get('insertion_vs_ref'), '.3f')} |")

@@ -31,3 +31,7 @@ class ConfigError(FexError, ValueError):
 
 class DataError(FexError):
     """A dataset could not be read, or the masker cannot handle it."""
+
+
+class OutputError(FexError, OSError):
+    """An output directory or file cannot be written (read-only, no permission, disk full)."""

@@ -37,10 +37,12 @@ OBJECTIVE_TARGET = "fex.objective.FexObjective"
 def build_component(group: str, cfg: dict, **kwargs: Any) -> Any:
     """A stored config of ``group`` (masker | backbone | policy | objective) -> the object.
 
-    Every explainer component is built here and nowhere else (the allowlist hook)."""
-    from fex.tasks.common import build
+    Every explainer component is built here and nowhere else, through the allowlist of
+    :mod:`fex.registry` (never ``hydra.utils.instantiate``): a checkpoint is data. Your own
+    masker/backbone/policy class needs ``fex.registry.register(MyClass)`` first."""
+    from fex.registry import safe_build
 
-    return build(cfg, what=f"{group} {cfg.get('_target_')}", **kwargs)
+    return safe_build(group, cfg, **kwargs)
 
 
 def assemble(config: dict) -> tuple[Any, Any, Any]:
@@ -102,8 +104,10 @@ def build_explainer(cfg: DictConfig | dict, datamodule: Any = None, blackbox: Bl
               "class_names": class_names(datamodule, num_classes)}
     masker, policy, objective = assemble(config)
     optimizer = build(cfg.optimizer) if cfg.get("optimizer") is not None else None
+    scheduler = build(cfg.scheduler) if cfg.get("scheduler") else None
     return ExplainerModule(policy=policy, masker=masker, objective=objective, optimizer=optimizer,
-                           blackbox=blackbox, config=config, val_auc_examples=cfg.get("val_auc_examples", 64))
+                           blackbox=blackbox, config=config, val_auc_examples=cfg.get("val_auc_examples", 64),
+                           scheduler=scheduler)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -112,8 +116,11 @@ def checkpoint_meta(module: Any) -> dict:
     from fex import __version__
 
     bb = module.blackbox
+    from fex.module import fixed_num_features
+
     return {"version": CKPT_VERSION, "fex_version": __version__, "config": module.config,
             "target": bb.fingerprint() if bb is not None else module._saved_fingerprint,
+            "num_features": fixed_num_features(module.masker), "num_classes": int(module.policy.num_classes),
             "train_queries": int(module._train_queries)}
 
 
@@ -150,6 +157,9 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__})") from exc
     if not isinstance(ckpt, dict) or CKPT_KEY not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not an fex explainer checkpoint")
+    from fex.registry import check_metadata
+
+    check_metadata(ckpt, path, CKPT_VERSION)  # one-line errors for a malformed or newer "fex" entry
     ckpt[CKPT_KEY] = upgrade(ckpt[CKPT_KEY], path)
     ckpt["_path"] = path
     return ckpt
@@ -185,6 +195,9 @@ def load_explainer(source: str | os.PathLike | dict, target: Any = None, allow_t
         policy.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {path}: policy weights do not fit its config ({str(exc).splitlines()[0]})") from exc
+    from fex.module import check_features
+
+    check_features(meta, masker, path)  # a stored grid that disagrees with what the policy was trained on
     module._saved_fingerprint = meta.get("target")
     module._train_queries = int(meta.get("train_queries") or 0)
     module.eval()

@@ -204,3 +204,19 @@ def faithfulness(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tenso
                                                         num_subsets, seed)
     out["deletion_curve"], out["insertion_curve"] = dele, ins
     return out
+
+
+# --------------------------------------------------------------------------- sanity: null features
+def null_feature(scores: torch.Tensor, null: torch.Tensor, valid: torch.Tensor | None = None,
+                 eps: float = 1e-12) -> torch.Tensor:
+    """Share of attribution mass on features the black box provably ignores -> [B] in [0, 1] (0 best).
+
+    ``sum_{i in null} |a_i| / sum_{i valid} |a_i|`` per example; ``null`` is a bool mask [F] or [B, F]
+    of the ignored features (given explicitly, e.g. by :class:`fex.methods.nullcheck.IgnoreFeatures`).
+    An all-zero attribution scores 0. A random attribution scores about |null| / n.
+    """
+    a = scores.detach().float().abs()
+    v = torch.ones_like(a, dtype=torch.bool) if valid is None else valid.to(a.device).bool()
+    nm = null.to(a.device).bool().expand_as(a) & v
+    total = (a * v).sum(1)
+    return torch.where(total > eps, (a * nm).sum(1) / total.clamp_min(eps), torch.zeros_like(total))

@@ -18,12 +18,14 @@ import pytorch_lightning as pl
 import torch
 
 from fex import objective as obj
-from fex.blackbox import BlackBox, fingerprints_match
+from fex.blackbox import BlackBox, check_num_classes, fingerprints_match
 from fex.errors import InputError, TargetMismatchError
+from fex.inputs import class_index
 from fex.maskers.base import Masker
 from fex.metrics import deletion_auc, insertion_auc
 
 CKPT_KEY = "fex"  # ckpt["fex"]: format in fex/explainer.py
+BANK_KEY = "fex_reward_bank"  # training checkpoints only (resume); stripped from the final explainer
 
 
 class ExplainerModule(pl.LightningModule):
@@ -43,8 +45,10 @@ class ExplainerModule(pl.LightningModule):
 
     def __init__(self, policy: torch.nn.Module, masker: Masker, objective: obj.FexObjective | None = None,
                  optimizer: Callable[..., torch.optim.Optimizer] | None = None, blackbox: BlackBox | None = None,
-                 config: dict | None = None, val_auc_examples: int = 64) -> None:
+                 config: dict | None = None, val_auc_examples: int = 64,
+                 scheduler: Callable[..., Any] | None = None) -> None:
         super().__init__()
+        self.scheduler_factory = scheduler  # partial(torch.optim.lr_scheduler.X, ...): stepped once per epoch
         self.policy = policy
         self.masker = masker
         self.objective = objective or obj.FexObjective()
@@ -56,7 +60,7 @@ class ExplainerModule(pl.LightningModule):
         self._saved_fingerprint: dict | None = None
         self._train_queries = 0
         self._val_seen = 0
-        self._bank = None  # fex.bank.RewardBank when objective.query_budget > 0 (not checkpointed)
+        self._bank = None  # fex.bank.RewardBank when objective.query_budget > 0 (in training checkpoints only)
         if blackbox is not None:
             self.attach(blackbox)
 
@@ -64,6 +68,7 @@ class ExplainerModule(pl.LightningModule):
     def attach(self, blackbox: BlackBox) -> "ExplainerModule":
         if not isinstance(blackbox, BlackBox):
             blackbox = BlackBox(blackbox)
+        check_num_classes(blackbox, int(self.policy.num_classes))  # every path, allow_target_mismatch or not
         self.blackbox = blackbox
         return self
 
@@ -203,8 +208,7 @@ class ExplainerModule(pl.LightningModule):
         masks = masks * valid.unsqueeze(1).to(masks.dtype)
         centre = torch.full_like(masks, 0.5 if o.sampler == "paired_uniform" else
                                  (0.0 if o.sampler == "shapley_kernel" else o.keep_rate))
-        roll = {"cls": cls, "valid": valid, "masks": masks, "centre": centre, "rewards": rewards,
-                "prob": rewards.new_full((1,), float("nan"))}
+        roll = {"cls": cls, "valid": valid, "masks": masks, "centre": centre, "rewards": rewards}
         if o.needs_empty:
             roll.update(r_empty=bank.recall(keys, "r_empty", dev), r_full=bank.recall(keys, "r_full", dev))
         return self._finish(roll, values, probs), p_full
@@ -232,8 +236,9 @@ class ExplainerModule(pl.LightningModule):
         self._train_queries += spent.n
         bsz = self.masker.batch_size(x)
         log = {f"train/{k}": v.detach() for k, v in parts.items()}
-        log.update({"train/prob": roll["prob"].nanmean(), "train/mask_frac": roll["mask_frac"],
-                    "train/policy_frac": roll["policy_frac"]})
+        log.update({"train/mask_frac": roll["mask_frac"], "train/policy_frac": roll["policy_frac"]})
+        if "prob" in roll:  # banked rollouts keep rewards, not the probabilities behind them
+            log["train/prob"] = roll["prob"].mean()
         self.log_dict(log, prog_bar=False, batch_size=bsz)
         self.log("train/reward", roll["rewards"].mean(), prog_bar=True, batch_size=bsz)
         self.log("train/queries", float(self._train_queries), reduce_fx="sum", sync_dist=True, batch_size=bsz)
@@ -278,31 +283,51 @@ class ExplainerModule(pl.LightningModule):
         self.log("val/train_queries", float(self._train_queries), reduce_fx="sum", sync_dist=True)
 
     def configure_optimizers(self):
-        return self.optimizer_factory(self.policy.parameters())
+        opt = self.optimizer_factory(self.policy.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": self.scheduler_factory(opt)}
+
+    def on_train_epoch_end(self) -> None:
+        sched = self.lr_schedulers()  # manual optimisation: Lightning does not step it for us
+        if sched is not None:
+            sched.step()
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
-    def explain(self, x: Any, target: Any = None) -> dict:
+    def explain(self, x: Any, target: Any = None, verify: Any = None) -> dict:
         """One forward pass. Returns ``scores`` [B, F] (the read-out for the explained class: Bernoulli means
         or tau * logits, see :meth:`read_out`),
         ``attributions`` (input shape), ``target`` [B], ``valid`` [B, F].
 
         ``target=None`` explains the black box's prediction (one query per input) if a black box
         is attached, else the policy's class head (its KL-anchored guess of the prediction).
+        ``verify``: a :class:`fex.gate.Gate` (or this checkpoint's path, to load its calibrated
+        ``.gate.json``) checks each explanation with a few queries and falls back to a per-instance
+        method where it fails; the result then also says ``passed``/``queries``/``method`` per input.
         """
-        self.masker.validate(x)
-        was_training = self.training
-        self.eval()
-        try:
-            logits, _ = self(x)
-        finally:
-            self.train(was_training)
+        if verify is not None:
+            from fex.gate import as_gate
+
+            return as_gate(verify).verify(self, x, target)
+        x = self.masker.prepare(x)  # validated; float64 cast to float32
+        logits = self.policy_logits(x)
         valid = self.masker.valid(x)
         b = logits.shape[0]
         cls = self._resolve_target(x, target, logits, valid)
         scores = self.read_out(logits, cls, valid)
         return {"scores": scores, "attributions": self.masker.expand(scores, x), "target": cls, "valid": valid,
                 "num_features": valid.sum(1)} if b else {}
+
+    @torch.no_grad()
+    def policy_logits(self, x: Any) -> torch.Tensor:
+        """The policy's logits [B, F, C] in eval mode (the module's train/eval mode is restored)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(x)[0]
+        finally:
+            self.train(was_training)
 
     def read_out(self, logits: torch.Tensor, cls: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Per-feature scores [B, F] for class ``cls`` [B] from logits [B, F, C]: ``attribution=prob`` gives
@@ -321,14 +346,7 @@ class ExplainerModule(pl.LightningModule):
                 raise InputError("this explainer has no trained class head (objective.kl_weight=0): pass target=... "
                                  "or attach the black box (target=model when loading)")
             return obj.class_head_log_probs(logits, valid).argmax(-1)
-        t = torch.as_tensor(target, device=logits.device).long().flatten()
-        if t.numel() == 1:
-            t = t.expand(b)
-        if t.numel() != b:
-            raise InputError(f"target has {t.numel()} entries for a batch of {b}")
-        if (t < 0).any() or (t >= c).any():
-            raise InputError(f"target class out of range 0..{c - 1}: {t.tolist()}")
-        return t
+        return class_index(target, b, c, device=logits.device)  # 2.7 refused, not truncated
 
     @property
     def class_names(self) -> list[str]:
@@ -381,11 +399,23 @@ class ExplainerModule(pl.LightningModule):
 
         checkpoint[CKPT_KEY] = checkpoint_meta(self)
 
+        if self._bank is not None:  # a training checkpoint: resuming must not pay for banked queries again
+            b = self._bank
+            checkpoint[BANK_KEY] = {"budget": b.budget, "paired": b.paired, "masks": b.masks, "rewards": b.rewards,
+                                    "info": b.info}
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Resuming training (``Trainer.fit(ckpt_path=...)``): the query count goes on from the checkpoint's."""
+        """Resuming training (``Trainer.fit(ckpt_path=...)``): the query count and the reward bank go on
+        from the checkpoint's."""
         from fex.explainer import CKPT_KEY
 
         self._train_queries = int(checkpoint.get(CKPT_KEY, {}).get("train_queries") or 0)
+        state = checkpoint.get(BANK_KEY)
+        if state is not None:
+            from fex.bank import RewardBank
+
+            self._bank = RewardBank(state["budget"], paired=state["paired"])
+            self._bank.masks, self._bank.rewards, self._bank.info = state["masks"], state["rewards"], state["info"]
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, target: Any = None, allow_target_mismatch: bool = False,
@@ -399,8 +429,9 @@ class ExplainerModule(pl.LightningModule):
     def check_target(self, bb: BlackBox, allow_mismatch: bool = False) -> None:
         saved = self._saved_fingerprint
         if saved is None:
-            return
-        ok, why = fingerprints_match(saved, bb.fingerprint())
+            ok, why = False, "the checkpoint has no target fingerprint"
+        else:
+            ok, why = fingerprints_match(saved, bb.fingerprint())
         if not ok and not allow_mismatch:
             raise TargetMismatchError(
                 f"this explainer was trained against a different target: {why}; "
@@ -412,3 +443,21 @@ def load_checkpoint_dict(path: str | os.PathLike, map_location: Any = "cpu") -> 
     from fex.explainer import read_checkpoint
 
     return read_checkpoint(path, map_location)
+
+
+def fixed_num_features(masker: Masker) -> int | None:
+    """F for maskers whose feature count does not depend on the input (image grids), else None."""
+    try:
+        return int(masker.num_features(None))
+    except Exception:  # noqa: BLE001 - variable-length maskers (text) need an input
+        return None
+
+
+def check_features(meta: dict, masker: Masker, path: Any) -> None:
+    """The stored feature count (written at save time) must match the rebuilt masker's."""
+    from fex.errors import CheckpointError
+
+    want, have = meta.get("num_features"), fixed_num_features(masker)
+    if want is not None and have is not None and int(want) != have:
+        raise CheckpointError(f"checkpoint {path}: its masker config gives {have} features but the policy was "
+                              f"trained on {want}; the stored config was altered")

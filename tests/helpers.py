@@ -35,8 +35,11 @@ def synthetic_images(n: int, seed: int, size: int = 16) -> torch.Tensor:
 
 
 def small_explainer(num_classes: int = 2, grid=(4, 4), size: int = 16, objective: FexObjective | None = None,
-                    blackbox=None, lr: float = 3e-3) -> ExplainerModule:
-    """A small conv explainer over a grid of patches, built the one way explainers are built."""
+                    blackbox=None, lr: float = 3e-3, seed: int | None = None) -> ExplainerModule:
+    """A small conv explainer over a grid of patches, built the one way explainers are built.
+    Its initial weights come from ``seed`` (None: the global RNG), not from whichever tests ran before."""
+    if seed is not None:
+        torch.manual_seed(seed)
     backbone = {"_target_": "fex.policy.ConvBackbone", "in_channels": 1, "width": 8, "depth": 1, "out_dim": 16,
                 "coords": True}
     cfg = {"masker": {"_target_": "fex.maskers.image.PatchMasker", "grid": list(grid), "input_shape": [1, size, size],

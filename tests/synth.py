@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+import fex.registry
 from fex.maskers.image import grid_feature_mask
 
 
@@ -74,6 +75,11 @@ class RandomImagesData(pl.LightningDataModule):
 
 SYNTH_DATA = {"_target_": "tests.synth.RandomImagesData", "n": 40, "batch_size": 8, "seed": 0, "num_classes": 2,
               "input_shape": [1, 28, 28]}  # = tests/conf/data/synth.yaml
+
+
+# test-only data/target classes a checkpoint may name as its defaults (explicit, as a user would)
+fex.registry.register(RandomImagesData, group="data")
+fex.registry.register(LinearPatchTarget, group="target")
 
 
 def make_checkpoint(path, blackbox, num_classes: int = 2, grid: int = 7, seed: int = 0, data: dict | None = None) -> str:

@@ -17,14 +17,14 @@ def run(args, tmp_path, env_extra=None, timeout=1200):
 
 @pytest.mark.slow
 def test_multirun_sweep_over_num_samples(tmp_path, mnist_target):  # fixture: target cached first
-    res = run(["-m", "objective.num_samples=3,5", *FAST], tmp_path)
+    res = run(["-m", "objective.num_samples=4,6", *FAST], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     ckpts = sorted(tmp_path.glob("multirun/*/*/explainer.ckpt"))
     assert len(ckpts) == 2
     import torch
 
     ks = sorted(torch.load(c, weights_only=True)["fex"]["config"]["objective"]["num_samples"] for c in ckpts)
-    assert ks == [3, 5]
+    assert ks == [4, 6]
 
 
 @pytest.mark.slow
@@ -50,7 +50,7 @@ def test_ddp_two_processes_on_cpu(tmp_path, mnist_target):  # both ranks would o
     (["target=callable", "target.model.path=helpers.no_such_function"], "error: cannot build target"),
     (["target=callable", "target.model.path=helpers.wrong_shape_callable", "data.limit=32"],
      "error: target returned shape"),
-    (["masker.grid=[40,40]"], "error: patch grid 40x40 does not fit a 28x28 image"),
+    (["masker.grid=[40,40]"], "error: cannot build masker fex.maskers.image.PatchMasker: patch grid 40x40 does not fit a 28x28 image"),
 ])
 def test_bad_input_exits_with_one_line_error(tmp_path, mnist_target, args, message):
     res = run([*args, *FAST], tmp_path, timeout=300)

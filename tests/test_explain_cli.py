@@ -36,18 +36,30 @@ def folder(tmp_path):
 
 def test_folder_of_images(ckpt, folder, tmp_path, capsys):
     out = tmp_path / "out"
-    code = explain_main(SYNTH + [f"checkpoint={ckpt}", f"input={folder}", f"output_dir={out}"])
+    code = explain_main(SYNTH + [f"checkpoint={ckpt}", f"input={folder}", f"output_dir={out}",
+                                 "input_size=resize", "channels=convert"])  # b.jpg is 40x30 RGB: asked for
     assert code == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["a.heatmap.png", "b.heatmap.png", "c.heatmap.png"]
     res = json.loads((out / "scores.json").read_text())
     assert [r["file"] for r in res["explained"]] == ["a.png", "b.jpg", "c.jpeg"]
     assert all(len(r["scores"]) == 49 and r["target"] in (0, 1) for r in res["explained"])
     assert sorted(s["file"] for s in res["skipped"]) == ["broken.png", "notes.txt"]
+    assert res["notes"] == ["converted 3 channels (RGB) images to 1 channel (channels=convert) (1 input)",
+                            "resized 30x40 images to 28x28 (input_size=resize) (1 input)"]
     err = capsys.readouterr().err
     assert "skipped broken.png" in err and "skipped notes.txt" in err
     npz = np.load(out / "scores.npz")
     assert npz["names"].tolist() == ["a.png", "b.jpg", "c.jpeg"] and npz["scores_0"].shape == (49,)
     assert not list(out.glob(".*"))
+
+
+def test_conversions_are_refused_unless_asked(ckpt, folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert explain_main(SYNTH + [f"checkpoint={ckpt}", f"input={folder}", f"output_dir={out}"]) == 0
+    res = json.loads((out / "scores.json").read_text())
+    assert [r["file"] for r in res["explained"]] == ["a.png", "c.jpeg"] and res["notes"] == []
+    why = {s["file"]: s["reason"] for s in res["skipped"]}
+    assert "has 3 channels (RGB); the explainer expects 1; set channels=convert" in why["b.jpg"]
 
 
 def test_text_file_with_an_image_explainer_is_a_clear_error(ckpt, tmp_path, capsys):

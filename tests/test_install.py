@@ -48,7 +48,7 @@ def test_pip_install_then_console_scripts_from_anywhere(tmp_path):
     run = work / "run"
     sh([str(bin_ / "fex-train"), f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]", "data=synth", "target=linear",
         "trainer.max_epochs=1", "logger=none", "trainer.enable_progress_bar=false", "gallery_size=2",
-        "val_auc_examples=0", "masker.grid=[4,4]", "policy.backbone.width=4", "policy.backbone.depth=1",
+        "val_auc_examples=4", "masker.grid=[4,4]", "policy.backbone.width=4", "policy.backbone.depth=1",
         f"hydra.run.dir={run}"], work, env)
     ckpt = run / "explainer.ckpt"
     sources = OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.runtime.config_sources
@@ -56,7 +56,8 @@ def test_pip_install_then_console_scripts_from_anywhere(tmp_path):
     assert main.startswith(str(venv)) and main.endswith("fex/conf"), main  # the venv's fex and its packaged configs
     assert ckpt.is_file() and (run / "heatmaps.png").is_file()
     # nothing but the checkpoint: its data and target configs are inside
-    sh([str(bin_ / "fex-evaluate"), f"checkpoint={ckpt}", "method=[fex,random]", "compare.num_examples=4",
+    synth = [f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]", "data=synth", "target=linear"]  # not fex's own
+    sh([str(bin_ / "fex-evaluate"), *synth, f"checkpoint={ckpt}", "method=[fex,random]", "compare.num_examples=4",
         "attribution.score=false", f"hydra.run.dir={work / 'eval'}"], work, env)
     saved = json.loads((work / "eval" / "metrics.json").read_text())
     assert saved["attribution/rows"] == 40 and {r["method"] for r in saved["methods"]} == {"fex", "random"}
@@ -64,6 +65,6 @@ def test_pip_install_then_console_scripts_from_anywhere(tmp_path):
 
     (work / "imgs").mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)).save(work / "imgs" / "a.png")
-    sh([str(bin_ / "fex-explain"), f"checkpoint={ckpt}", "input=imgs", "output_dir=expl"], work, env)
+    sh([str(bin_ / "fex-explain"), *synth, f"checkpoint={ckpt}", "input=imgs", "output_dir=expl"], work, env)
     assert (work / "expl" / "a.heatmap.png").is_file()
     assert len(json.loads((work / "expl" / "scores.json").read_text())["explained"][0]["scores"]) == 16

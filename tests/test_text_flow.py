@@ -12,7 +12,7 @@ TEXT_FAST = ["experiment=text_rt", "target=text_callable", "target.model.path=te
              "target.output=probs", "trainer.val_check_interval=1.0", "data.batch_size=16"]
 
 
-@pytest.mark.parametrize("policy", ["text_encoder", "word_embedding"])
+@pytest.mark.parametrize("policy", ["text_encoder", "text_small", "word_embedding"])
 def test_text_preset_trains_saves_and_reloads(tmp_path, policy):
     from fex.module import ExplainerModule
     from fex.tasks.train import train
@@ -21,15 +21,15 @@ def test_text_preset_trains_saves_and_reloads(tmp_path, policy):
     metrics, objects = train(cfg)
     ckpt = metrics["checkpoint"]
     assert os.path.isfile(ckpt)
-    if policy == "text_encoder":  # the frozen MiniLM is reloaded from its path, not stored
+    if policy.startswith("text_"):  # the frozen MiniLM is reloaded from its path, not stored
         assert os.path.getsize(ckpt) < 5 * 2**20
     dm, bb = objects["datamodule"], objects["blackbox"]
     x = next(iter(dm.test_dataloader()))[0]
     before = objects["module"].explain(x, target=1)["scores"]
     again = ExplainerModule.from_checkpoint(ckpt, target=bb).explain(x, target=1)["scores"]
     torch.testing.assert_close(before, again)
-    valid = again > 0
-    assert valid.tolist() == objects["module"].masker.valid(x).tolist()
+    valid = objects["module"].masker.valid(x)
+    assert (again[~valid] == 0).all() and (again[valid] != 0).float().mean() > 0.9  # padding words score 0
 
 
 def test_every_text_option_composes(tmp_path):
@@ -70,7 +70,10 @@ def test_text_checkpoint_alone_explains_and_evaluates(tmp_path, capsys):
     cfg = compose("train", TEXT_FAST + FAST + ["policy=word_embedding"], output_dir=tmp_path)
     metrics, _ = train(cfg)
     assert metrics["gallery"].endswith("heatmaps.html") and "target/test_accuracy" in metrics
-    over = [f"checkpoint={metrics['checkpoint']}", f"output_dir={tmp_path / 'out'}"]
+    # the test's target is a callable of this test suite, not one of fex's own: a checkpoint never runs
+    # code, so it is named on the command line (everything else comes from the checkpoint)
+    tgt = TEXT_FAST[1:4]
+    over = [f"checkpoint={metrics['checkpoint']}", f"output_dir={tmp_path / 'out'}", *tgt]
     assert explain_main(over + ["text=a truly great little film"]) == 0
     got = json.loads((tmp_path / "out" / "scores.json").read_text())
     rec = got["explained"][0]
@@ -81,11 +84,35 @@ def test_text_checkpoint_alone_explains_and_evaluates(tmp_path, capsys):
     assert capsys.readouterr().err.strip().startswith("error:")
     f = tmp_path / "reviews.txt"
     f.write_text("a great film\n\nnot good at all\n")
-    assert explain_main([f"checkpoint={metrics['checkpoint']}", f"input={f}", f"output_dir={tmp_path / 'o2'}"]) == 0
+    assert explain_main([f"checkpoint={metrics['checkpoint']}", f"input={f}", f"output_dir={tmp_path / 'o2'}", *tgt]) == 0
     got = json.loads((tmp_path / "o2" / "scores.json").read_text())
-    assert [r["line"] for r in got["explained"]] == [1, 2] and got["explained"][1]["words"][2] == "at"
-    ev = compose("evaluate", [f"checkpoint={metrics['checkpoint']}", "method=[fex,random]", "compare.num_examples=4",
+    assert [r["line"] for r in got["explained"]] == [1, 3] and got["explained"][1]["words"][2] == "at"  # true lines
+    ev = compose("evaluate", [f"checkpoint={metrics['checkpoint']}", *tgt, "method=[fex,random]", "compare.num_examples=4",
                               "compare.batch_size=2", "attribution.score=false"], output_dir=tmp_path / "ev")
     m, objects = evaluate(ev)
     assert m["attribution/rows"] == len(objects["datamodule"].dataset("test"))
     assert (tmp_path / "ev" / "gallery.html").is_file() and m["files"]["gallery"].endswith("gallery.html")
+
+
+def test_truncated_encoder_policy_is_the_first_layers_and_reloads(tmp_path):
+    """policy=text_small: the first num_layers layers of the same pretrained MiniLM, with identical
+    outputs to running the full encoder's first layers; a checkpoint rebuilds the same truncation."""
+    from hydra.utils import instantiate
+
+    from fex.errors import ConfigError
+    from fex.maskers.text import encode_texts
+    from fex.policy.text import TextEncoderBackbone
+
+    cfg = compose("train", ["experiment=text_rt", "policy=text_small"], output_dir=tmp_path)
+    small = instantiate(cfg.policy.backbone)
+    full = TextEncoderBackbone(out_dim=32)
+    k = cfg.policy.backbone.num_layers
+    assert len(small.encoder.encoder.layer) == k < len(full.encoder.encoder.layer)
+    x = encode_texts(["a gorgeous , witty film", "dull"])
+    with torch.no_grad():
+        h_small = small.encoder(input_ids=x["input_ids"], attention_mask=x["attention_mask"]).last_hidden_state
+        hs = full.encoder(input_ids=x["input_ids"], attention_mask=x["attention_mask"],
+                          output_hidden_states=True).hidden_states
+    torch.testing.assert_close(h_small, hs[k])  # layer k's output of the full encoder
+    with pytest.raises(ConfigError):
+        TextEncoderBackbone(num_layers=99)

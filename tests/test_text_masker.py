@@ -69,12 +69,10 @@ def test_padding_never_gets_attribution(masker):
 
 
 def test_explainer_scores_padding_zero_across_batch_lengths(masker):
-    from fex.module import ExplainerModule
-    from fex.policy import Policy
-    from fex.policy.text import WordEmbeddingBackbone
+    from tests.text_helpers import small_text_explainer
 
     torch.manual_seed(0)
-    module = ExplainerModule(Policy(WordEmbeddingBackbone(dim=16), 2, hidden=16, init_bias=2.0), masker)
+    module = small_text_explainer(dim=16, hidden=16, init_bias=2.0, max_length=masker.max_length)
     x = masker.encode(TEXTS)
     out = module.explain(x, target=1)
     valid = masker.valid(x)

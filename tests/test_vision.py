@@ -18,10 +18,7 @@ SCRIPT = r"""
 import fex, torch, pytorch_lightning, torchvision  # shim first: lightning -> torchmetrics -> torchvision
 from fex.targets.vision import torchvision_model
 from fex.blackbox import BlackBox
-from fex.maskers.image import PatchMasker
-from fex.policy import ConvBackbone, Policy
-from fex.module import ExplainerModule
-from fex.objective import FexObjective
+from fex.explainer import build_explainer
 from fex.data.mnist import IndexedTensorDataset
 torch.manual_seed(0)
 net = torchvision_model("resnet18", num_classes=10)
@@ -29,8 +26,11 @@ torch.save(net.state_dict(), "rn18.pt")
 bb = BlackBox(torchvision_model("resnet18", num_classes=10, weights_path="rn18.pt"), num_classes=10)
 x = torch.rand(32, 3, 32, 32)
 assert torch.allclose(bb(x), torch.softmax(net(x), -1), atol=1e-5)
-m = ExplainerModule(Policy(ConvBackbone(3, 8, 1, 16), 10, hidden=32), PatchMasker((8, 8), (3, 32, 32)),
-                    FexObjective(), blackbox=bb, val_auc_examples=0)
+m = build_explainer({"masker": {"_target_": "fex.maskers.image.PatchMasker", "grid": [8, 8], "input_shape": [3, 32, 32]},
+                     "policy": {"_target_": "fex.policy.Policy", "num_classes": 10, "hidden": 32,
+                                "backbone": {"_target_": "fex.policy.ConvBackbone", "in_channels": 3, "width": 8,
+                                             "depth": 1, "out_dim": 16}},
+                     "objective": {}, "num_classes": 10, "val_auc_examples": 0}, blackbox=bb)
 loader = torch.utils.data.DataLoader(IndexedTensorDataset(x, torch.zeros(32, dtype=torch.long)), batch_size=16)
 pytorch_lightning.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                           accelerator="cpu").fit(m, loader)

@@ -9,11 +9,15 @@ FILLER = ("the movie plot was long and the acting felt quite flat but some scene
           "while music came from an old film about people in a small town").split()
 
 
-def planted_word_blackbox(word: str = "great", p: float = 0.95):
-    """list[str] -> probs [N, 2]: class 1 with prob ``p`` iff ``word`` is one of the words."""
+def planted_word_blackbox(word: str = "great", p: float = 0.95, absent: float | None = None):
+    """list[str] -> probs [N, 2]: class 1 with prob ``p`` iff ``word`` is one of the words, else ``absent``
+    (default ``1 - p``; ``absent=0.5`` is a binary classifier that is unsure of a text without the word,
+    like a real one on an all-masked text)."""
+    q = 1 - p if absent is None else absent
+
     def predict(texts):
         hit = torch.tensor([word in t.split() for t in texts], dtype=torch.float32)
-        p1 = hit * p + (1 - hit) * (1 - p)
+        p1 = hit * p + (1 - hit) * q
         return torch.stack([1 - p1, p1], 1)
     from fex.targets.text import TextCallable
 
@@ -37,3 +41,46 @@ def planted_great(texts):
     hit = torch.tensor([("great" in t.split()) or ("good" in t.split()) for t in texts], dtype=torch.float32)
     p1 = hit * 0.95 + (1 - hit) * 0.05
     return torch.stack([1 - p1, p1], 1)
+
+
+BOW_VOCAB = ("superb moving witty tender fine decent plain slow bland dull tedious awful "
+             "clever flat warm stale").split()
+
+
+def bow_weights(seed: int = 0) -> dict[str, float]:
+    """Distinct known per-word weights in [-1, 1] for :data:`BOW_VOCAB` (shuffled by ``seed``)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.linspace(-1, 1, len(BOW_VOCAB))[torch.randperm(len(BOW_VOCAB), generator=g)]
+    return {word: float(v) for word, v in zip(BOW_VOCAB, w)}
+
+
+def bow_blackbox(weights: dict[str, float], scale: float = 0.06):
+    """An additive bag-of-words classifier: ``p(class 1) = 1/2 + scale * sum of the present words' weights``
+    (a masked word contributes nothing). With sentences of at most 1/(2 scale) words it never clips,
+    so the Banzhaf value of word i for class 1 is exactly ``scale * w_i`` (``-scale * w_i`` for class 0)."""
+    def predict(texts):
+        s = torch.tensor([sum(weights.get(w, 0.0) for w in t.split()) for t in texts], dtype=torch.float32)
+        p1 = (0.5 + scale * s).clamp(0.0, 1.0)
+        return torch.stack([1 - p1, p1], 1)
+    from fex.targets.text import TextCallable
+
+    return TextCallable(predict)
+
+
+def bow_sentences(n: int, seed: int = 0, min_len: int = 5, max_len: int = 8) -> list[str]:
+    """Sentences of distinct vocabulary words (each word at most once, so its weight is its effect)."""
+    rng = random.Random(seed)
+    return [" ".join(rng.sample(BOW_VOCAB, rng.randint(min_len, max_len))) for _ in range(n)]
+
+
+def small_text_explainer(dim: int = 32, hidden: int = 32, init_bias: float = 0.0, max_length: int = 128,
+                         blackbox=None, lr: float = 3e-3, val_auc_examples: int = 0):
+    """A word-embedding text explainer over words, built the one way explainers are built."""
+    from fex.explainer import build_explainer
+
+    return build_explainer({
+        "masker": {"_target_": "fex.maskers.text.WordMasker", "max_length": max_length},
+        "policy": {"_target_": "fex.policy.Policy", "num_classes": 2, "hidden": hidden, "init_bias": init_bias,
+                   "backbone": {"_target_": "fex.policy.text.WordEmbeddingBackbone", "dim": dim}},
+        "objective": {}, "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": lr},
+        "num_classes": 2, "val_auc_examples": val_auc_examples}, blackbox=blackbox)

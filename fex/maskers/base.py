@@ -22,6 +22,12 @@ class Masker(ABC):
     def validate(self, x: Any) -> None:
         """Raise :class:`fex.errors.InputError` if ``x`` cannot be explained (shape, NaN, ...)."""
 
+    def prepare(self, x: Any) -> Any:
+        """``validate`` an input a user hands in, after the conversions that are always safe (e.g. a
+        float64 image cast to float32); returns what to explain."""
+        self.validate(x)
+        return x
+
     @abstractmethod
     def num_features(self, x: Any) -> int:
         """F for this batch (the padded width for variable-length inputs)."""

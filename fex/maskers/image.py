@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F_
 
 from fex.errors import InputError
+from fex.inputs import check_range, to_float32
 from fex.maskers.base import Masker
 
 BASELINES = ("zeros", "mean", "blur")
@@ -47,6 +48,8 @@ class PatchMasker(Masker):
         baseline: what a removed patch becomes: ``zeros``, ``mean`` (the per-channel dataset
             mean in ``fill``) or ``blur`` (a Gaussian blur of the same image, ``blur_sigma``).
         fill: per-channel values for ``baseline=mean`` (the train task fills it from the data).
+        value_range: [lo, hi] of the pixels the explainer is trained on (the data config's
+            ``value_range``); inputs outside it (e.g. 0-255 pixels for a [0, 1] model) are refused.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class PatchMasker(Masker):
         baseline: str = "zeros",
         fill: Sequence[float] | None = None,
         blur_sigma: float = 2.0,
+        value_range: Sequence[float] | None = None,
     ) -> None:
         if baseline not in BASELINES:
             raise InputError(f"baseline must be one of {BASELINES}, got {baseline!r}")
@@ -66,6 +70,7 @@ class PatchMasker(Masker):
         self.baseline = baseline
         self.fill = None if fill is None else [float(v) for v in fill]
         self.blur_sigma = float(blur_sigma)
+        self.value_range = None if value_range is None else (float(value_range[0]), float(value_range[1]))
         self._fmask_cache: dict[tuple, torch.Tensor] = {}
         if self.input_shape is not None:
             if len(self.input_shape) != 3:
@@ -84,11 +89,19 @@ class PatchMasker(Masker):
                 raise InputError(f"expected {c} channel(s), got {x.shape[1]} (input shape {tuple(x.shape)})")
             raise InputError(f"expected images of {h}x{w}, got {x.shape[2]}x{x.shape[3]}")
         if not x.is_floating_point():
-            raise InputError(f"expected a floating-point image tensor, got {x.dtype}")
+            raise InputError(f"expected a floating-point image tensor, got {x.dtype} (scale integer pixels, "
+                             "e.g. x.float() / 255)")
         if not torch.isfinite(x).all():
             raise InputError("input contains NaN or Inf values")
+        check_range(x, self.value_range)
         if self.baseline == "mean" and self.fill is not None and len(self.fill) not in (1, x.shape[1]):
             raise InputError(f"baseline fill has {len(self.fill)} values for {x.shape[1]} channels")
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """float64/float16 images (numpy's default is float64) are cast to float32, then validated."""
+        x = to_float32(x)
+        self.validate(x)
+        return x
 
     # ------------------------------------------------------------------ features
     def feature_mask(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,21 @@ def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (h * m).sum(1) / m.sum(1).clamp_min(1)
 
 
+def truncate_layers(encoder: nn.Module, num_layers: int | None) -> int:
+    """Keep the first ``num_layers`` transformer layers of a BERT-style ``encoder`` (in place);
+    returns the number of layers it has now."""
+    layers = encoder.encoder.layer
+    if num_layers is None:
+        return len(layers)
+    if not 1 <= int(num_layers) <= len(layers):
+        from fex.errors import ConfigError
+
+        raise ConfigError(f"policy num_layers must be in 1..{len(layers)} for this encoder, got {num_layers}")
+    encoder.encoder.layer = nn.ModuleList(list(layers)[: int(num_layers)])
+    encoder.config.num_hidden_layers = int(num_layers)
+    return int(num_layers)
+
+
 class TextEncoderBackbone(nn.Module):
     """Pretrained transformer encoder -> (token features [B, L, D], mean-pooled [B, D]).
 
@@ -31,10 +46,12 @@ class TextEncoderBackbone(nn.Module):
         freeze: freeze the encoder (then ``train_last_n_layers`` of its top layers are unfrozen).
         train_last_n_layers: top encoder layers to fine-tune when ``freeze`` is true.
         out_dim: width of the trainable adapter on top (``null`` = the encoder's hidden size).
+        num_layers: keep only the first ``num_layers`` transformer layers of the encoder (``null`` =
+            all). A smaller, faster policy from the same pretrained weights (``policy=text_small``).
     """
 
     def __init__(self, path: str | None = None, freeze: bool = True, train_last_n_layers: int = 0,
-                 out_dim: int | None = 256) -> None:
+                 out_dim: int | None = 256, num_layers: int | None = None) -> None:
         super().__init__()
         from transformers import AutoModel
 
@@ -45,6 +62,7 @@ class TextEncoderBackbone(nn.Module):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.path = path
         self.encoder = AutoModel.from_pretrained(p)
+        self.num_layers = truncate_layers(self.encoder, num_layers)
         hidden = int(self.encoder.config.hidden_size)
         self.out_dim = int(out_dim or hidden)
         self.freeze = bool(freeze)

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from fex.errors import DataError
+from fex.errors import DataError, InputError
 from fex.render.base import Renderer
 from fex.render.plots import _plt, save_figure
 
@@ -89,10 +89,16 @@ class ImageRenderer(Renderer):
         else:
             raise DataError(f"{source.name} is not an image; this explainer's masker ({type(self.masker).__name__}) "
                             "explains images (a PNG/JPEG file or a folder of them)")
+        from fex.inputs import Notes
+        from fex.inputs import load_image as load_checked
+
         items, skipped = [], []
+        self.notes = getattr(self, "notes", None) or Notes()
         for f in files:
-            try:
-                items.append(({"file": f.name}, load_image(f, shape)))
+            try:  # conversions (input_size / channels / scale) only as asked in self.convert, each noted
+                items.append(({"file": f.name}, load_checked(f, shape, notes=self.notes, **(getattr(self, "convert", None) or {}))))
+            except InputError as exc:  # readable, but not what the explainer takes: the reason says which setting
+                skipped.append({"file": f.name, "reason": str(exc)})
             except Exception as exc:  # noqa: BLE001 - any decode failure: report by name, go on
                 skipped.append({"file": f.name, "reason": f"not a readable image ({type(exc).__name__}: "
                                                           f"{str(exc).splitlines()[0][:120] if str(exc) else ''})"})

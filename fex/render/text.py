@@ -154,8 +154,11 @@ class TextRenderer(Renderer):
         if source.is_dir():
             raise DataError(f"{source} is a folder; this explainer's masker ({type(self.masker).__name__}) explains "
                             "texts: give a .txt file (one text per line), a .csv/.tsv file (a text column) or text=...")
+        from fex.inputs import read_text_lines
+
+        read_texts(source)  # refuses missing, non-UTF-8 and empty files with one line
         items, skipped = [], []
-        for j, t in enumerate(read_texts(source), start=1):
+        for j, t in ((n, t.strip()) for n, t in read_text_lines(source)):  # true line numbers (blank lines count)
             try:
                 self.masker.encode([t])  # a text the masker refuses is reported by line, the rest go on
                 items.append(({"line": j, "text": t}, t))

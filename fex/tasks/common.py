@@ -25,7 +25,7 @@ def conf_dir() -> Path:
 
 
 # data-config keys that describe the data for other groups, not constructor arguments
-DATA_META_KEYS = ("num_classes", "input_shape")
+DATA_META_KEYS = ("num_classes", "input_shape", "value_range")
 
 
 def build(cfg: Any, what: str | None = None, **kwargs: Any) -> Any:
@@ -93,13 +93,16 @@ def with_checkpoint_defaults(cfg: DictConfig, ckpt: dict) -> DictConfig:
     ``num_classes`` follows the data config, else the checkpoint.
     """
     from fex.explainer import stored
+    from fex.registry import check_stored
 
     with open_dict(cfg):
         for key in ("data", "target"):
             given = cfg.get(key)
             if given is not None and _whole_group(key, given):
                 continue
-            base = OmegaConf.create(stored(ckpt, key))
+            stored_cfg = stored(ckpt, key)
+            check_stored(key, stored_cfg, f"checkpoint {ckpt.get('_path', '')}")  # never code from a checkpoint
+            base = OmegaConf.create(stored_cfg)
             cfg[key] = base if given is None else OmegaConf.merge(base, given)
         if cfg.data.get("num_classes") is None:
             cfg.data.num_classes = int(stored(ckpt, "num_classes"))

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,11 @@ from fex import metrics as M
 from fex.baselines import Fex
 from fex.errors import DataError, FexError
 from fex.explainer import load_explainer, read_checkpoint
-from fex.io import atomic_write, write_json, write_text
+from fex.io import atomic_write, check_writable, write_json, write_text
+from fex.manifest import check_or_write, make_manifest
 from fex.module import ExplainerModule
 from fex.render import plots
-from fex.tasks.common import build_blackbox, build_data, with_checkpoint_defaults
+from fex.tasks.common import build_blackbox, build_data, to_dict, with_checkpoint_defaults
 from fex.writer import AttributionWriter, RankSplitSampler, clean_tmp, finished_indices, read_shards
 
 
@@ -197,16 +199,18 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     The checkpoint is read once; its data and target configs are the defaults (command-line
     groups override them)."""
     pl.seed_everything(cfg.seed, workers=True)
-    out = Path(cfg.output_dir)
+    out = check_writable(cfg.output_dir)  # created lazily, by the first file written
     ckpt = read_checkpoint(str(cfg.checkpoint))  # fail fast, before building the target
     cfg = with_checkpoint_defaults(cfg, ckpt)
-    out.mkdir(parents=True, exist_ok=True)
     blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
     explainer = load_explainer(ckpt, target=blackbox, allow_target_mismatch=bool(cfg.allow_target_mismatch))
     datamodule = build_data(cfg.data)
     ds, loader = split_dataset(datamodule, cfg.split)
     check_data(explainer.masker, loader, cfg.split)
     objects = {"explainer": explainer, "blackbox": blackbox, "datamodule": datamodule, "config": cfg}
+    # a rerun into this directory must be the same job (its shards are reused): refuse anything else
+    check_or_write(out, make_manifest(os.path.expanduser(str(cfg.checkpoint)), cfg.split, to_dict(cfg.data),
+                                      to_dict(cfg.get("method")), blackbox.fingerprint()), out / "attributions")
     metrics: dict[str, Any] = {"checkpoint": str(cfg.checkpoint), "split": cfg.split, "output_dir": str(out)}
 
     rows = None

@@ -21,25 +21,35 @@ from omegaconf import DictConfig
 
 from fex.errors import DataError
 from fex.explainer import load_explainer, read_checkpoint
-from fex.io import atomic_write, write_json
+from fex.inputs import check_options
+from fex.io import atomic_write, check_writable, write_json
 from fex.module import ExplainerModule
 from fex.tasks.common import build_blackbox, with_checkpoint_defaults
 
 
-def explain_items(explainer: ExplainerModule, items: list[tuple[dict, Any]], out: Path, batch_size: int) -> list[dict]:
-    """Explain ``(record, item)`` pairs in batches; one query per input for the prediction."""
+def gate_fields(exp: dict, i: int) -> dict:
+    """Per-input trust-gate outcome (``verify=``): passed, queries spent, which method attributed."""
+    if "passed" not in exp:
+        return {}
+    return {"gate_passed": bool(exp["passed"][i]), "gate_queries": int(exp["queries"][i]), "method": exp["method"][i]}
+
+
+def explain_items(explainer: ExplainerModule, items: list[tuple[dict, Any]], out: Path, batch_size: int,
+                  verify: Any = None) -> list[dict]:
+    """Explain ``(record, item)`` pairs in batches; one query per input for the prediction.
+    ``verify``: a :class:`fex.gate.Gate` that checks each explanation (its queries are its own)."""
     renderer, names = explainer.masker.renderer(), explainer.class_names
     results = []
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
         x = renderer.collate([item for _, item in chunk])
         probs = explainer.blackbox(x) if explainer.blackbox is not None else None
-        exp = explainer.explain(x, None if probs is None else probs.argmax(-1))
+        exp = explainer.explain(x, None if probs is None else probs.argmax(-1), verify=verify)
         for i, (record, _) in enumerate(chunk):
             cls, n = int(exp["target"][i]), int(exp["valid"][i].sum())
             rec = {**record, "target": cls, "class": names[cls],
                    "probability": None if probs is None else float(probs[i, cls]),
-                   "scores": exp["scores"][i, :n].tolist(), **renderer.describe(x, i)}
+                   "scores": exp["scores"][i, :n].tolist(), **renderer.describe(x, i), **gate_fields(exp, i)}
             one = explainer.masker.select(x, [i])
             drawn = renderer.save(one, exp["scores"][i:i + 1], out / Path(str(record.get("file", i))).stem,
                                   f"class {names[cls]}")
@@ -58,12 +68,15 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
     src = Path(os.path.expanduser(str(cfg.get("input") or "")))
     if sentence is None and (not cfg.get("input") or not src.exists()):
         raise DataError(f"input not found: {src}" if cfg.get("input") else "give input=<file or folder> or text=<sentence>")
-    out = Path(os.path.expanduser(str(cfg.output_dir)))
+    out = check_writable(cfg.output_dir)  # created lazily, by the first file written
+    convert = {k: cfg.get(k, d) for k, d in (("input_size", "strict"), ("channels", "strict"), ("scale", "auto"))}
+    check_options(**convert)  # a typo fails now, not per file
     ckpt = read_checkpoint(str(cfg.checkpoint))  # once; fail fast, before building the target
     cfg = with_checkpoint_defaults(cfg, ckpt)
     blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
     explainer = load_explainer(ckpt, target=blackbox, allow_target_mismatch=bool(cfg.allow_target_mismatch))
     renderer = explainer.masker.renderer()
+    renderer.convert = convert  # explicit input conversions (images), see fex.inputs
     if sentence is not None:
         items, skipped = [renderer.parse(str(sentence))], []
     else:
@@ -72,14 +85,19 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
         print(f"warning: skipped {s['file']}: {s['reason']}", file=sys.stderr)
     if not items:
         raise DataError(f"nothing could be explained in {src} ({len(skipped)} inputs skipped)")
-    out.mkdir(parents=True, exist_ok=True)
-    results = explain_items(explainer, items, out, int(cfg.batch_size))
+    verify = None
+    if cfg.get("verify"):  # the calibrated trust gate of this checkpoint (<checkpoint>.gate.json)
+        from fex.gate import Gate
+
+        verify = Gate.load(os.path.expanduser(str(cfg.checkpoint)))
+    results = explain_items(explainer, items, out, int(cfg.batch_size), verify)
     keys = [str(r.get("file", r.get("line"))) for r in results]
     with atomic_write(out / "scores.npz") as fh:  # ragged (text) scores are stored one array per input
         np.savez(fh, names=np.asarray(keys), targets=np.asarray([r["target"] for r in results]),
                  **{f"scores_{i}": np.asarray(r["scores"], dtype=np.float32) for i, r in enumerate(results)})
     js = write_json(out / "scores.json", {"checkpoint": str(cfg.checkpoint), "input": str(src) if sentence is None else "text",
-                                          "explained": results, "skipped": skipped})
+                                          "explained": results, "skipped": skipped,
+                                          "notes": renderer.notes.summary() if getattr(renderer, "notes", None) else []})
     metrics = {"explained": len(results), "skipped": len(skipped), "json": str(js), "npz": str(out / "scores.npz"),
                "output_dir": str(out)}
     print(f"fex-explain: {metrics['explained']} explained, {metrics['skipped']} skipped -> {out}", flush=True)

@@ -17,10 +17,11 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from fex.callbacks import health_summary
 from fex.errors import ConfigError
 from fex.explainer import build_explainer, load_explainer
-from fex.io import atomic_write
-from fex.module import ExplainerModule
+from fex.io import atomic_checkpoints, atomic_write, check_writable, copy_file, write_json
+from fex.module import BANK_KEY, ExplainerModule
 from fex.tasks.common import build, build_blackbox, build_data, instantiate_list
 
 LAST = "last.ckpt"
@@ -58,13 +59,14 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Train an explainer as configured. Returns (metrics, objects)."""
     t0 = time.perf_counter()
     pl.seed_everything(cfg.seed, workers=True)
-    out = Path(cfg.output_dir)
+    out = check_writable(cfg.output_dir)  # before any work; created lazily by the first file
     datamodule = build_data(cfg.data)
     blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
     module = build_explainer(cfg, datamodule, blackbox)
     ckpt_from = resume_path(cfg, out)
     trainer: pl.Trainer = build(cfg.trainer, logger=instantiate_list(cfg.get("logger")) or False,
                                 callbacks=checkpoint_callbacks(instantiate_list(cfg.get("callbacks")), out))
+    atomic_checkpoints(trainer)  # Lightning's own checkpoints (last.ckpt, best) too: whole or not at all
     if ckpt_from and trainer.is_global_zero:
         print(f"fex: resuming from {ckpt_from}", flush=True)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_from)
@@ -73,18 +75,24 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     cb = trainer.checkpoint_callback
     best = getattr(cb, "best_model_path", "") if cb else ""
     if trainer.is_global_zero:
-        with atomic_write(ckpt_path) as fh:  # never a half-written explainer
-            if best and Path(best).is_file():
-                fh.write(Path(best).read_bytes())
-            else:
-                trainer.save_checkpoint(Path(fh.name))
+        if best and Path(best).is_file():
+            copy_file(best, ckpt_path)  # atomic: never a half-written explainer
+        else:
+            trainer.save_checkpoint(ckpt_path)  # atomic through fex.io.AtomicCheckpointIO
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state.pop(BANK_KEY, None) is not None:  # the reward bank is training state for resume, not the explainer
+            with atomic_write(ckpt_path) as fh:
+                torch.save(state, fh)
     if trainer.world_size > 1:
         trainer.strategy.barrier()
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    if best and cb.best_model_score is not None:
-        metrics["val/reward"] = float(cb.best_model_score)
+    if best and cb.best_model_score is not None:  # the kept checkpoint's score (the other val/* are the last epoch's)
+        metrics[f"best/{cb.monitor}"] = float(cb.best_model_score)
     metrics.update({"checkpoint": str(ckpt_path), "output_dir": str(out), "train/queries": module._train_queries,
                     "train/seconds": time.perf_counter() - t0})
+    metrics.update(health_summary(trainer))
+    if trainer.is_global_zero:
+        write_json(out / "train_metrics.json", metrics)
 
     objects = {"module": module, "trainer": trainer, "datamodule": datamodule, "blackbox": blackbox}
     if trainer.is_global_zero:
@@ -129,11 +137,14 @@ def summary_line(m: dict) -> str:
     parts = [f"fex: explainer {m['checkpoint']}"]
     if "gallery" in m:
         parts.append(f"heatmaps {m['gallery']}")
-    if "val/reward" in m:
-        parts.append(f"val reward {m['val/reward']:.4f}")
+    best = [k for k in m if k.startswith("best/")]
+    if best:
+        parts.append(f"kept checkpoint {best[0][5:]} {m[best[0]]:.4f}")
     if "val/deletion_auc" in m:
-        parts.append(f"val deletion AUC {m['val/deletion_auc']:.4f}")
+        parts.append(f"last val deletion AUC {m['val/deletion_auc']:.4f}, insertion {m.get('val/insertion_auc', float('nan')):.4f}")
     if "target/test_accuracy" in m:
         parts.append(f"target test accuracy {m['target/test_accuracy']:.4f}")
+    if "policy_health" in m:
+        parts.append(f"policy {m['policy_health']}")
     parts.append(f"{int(m['train/queries'])} training queries in {m['train/seconds']:.0f}s")
     return " | ".join(parts)

@@ -1,0 +1,3 @@
+from fex.serve.cli import main
+
+main()

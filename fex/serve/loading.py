@@ -1,0 +1,78 @@
+"""Checkpoint -> explainer with its black box attached, for serving.
+
+The checkpoint is the explainer (:mod:`fex.explainer`): it records its data and target configs.
+:func:`serving_configs` fills the serve config's ``data``/``target`` from it in the HTTP process
+(once, with ``conf/paths`` resolving machine paths), and :func:`load_served_explainer` builds the
+black box from the resolved target config and loads the explainer in each model worker.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from omegaconf import DictConfig
+
+from fex.errors import ConfigError, FexError
+from fex.explainer import CKPT_KEY, load_explainer, read_checkpoint
+
+log = logging.getLogger("fex.serve")
+GATE_MODES = ("auto", "on", "off")
+
+
+def checkpoint_config(path: str | os.PathLike) -> dict:
+    """The configs stored in an fex checkpoint (``masker``, ``policy``, ``objective``, ``data``, ``target``,
+    ``num_classes``, ``class_names``). Cheap: no model is built."""
+    return dict(read_checkpoint(path)[CKPT_KEY].get("config") or {})
+
+
+def serving_configs(cfg: DictConfig, ckpt: dict) -> dict:
+    """Resolved ``target``, ``data`` (None when neither the checkpoint nor the command line has one:
+    then there is no gallery) and ``num_classes`` for the workers."""
+    from fex.tasks.common import to_dict, with_checkpoint_defaults
+
+    stored = ckpt[CKPT_KEY]["config"]
+    n = stored.get("num_classes") or (stored.get("policy") or {}).get("num_classes")
+    no_data = stored.get("data") is None and cfg.get("data") is None
+    if no_data:  # serving needs no data; only the gallery does
+        ckpt = {**ckpt, CKPT_KEY: {**ckpt[CKPT_KEY], "config": {**stored, "data": {"num_classes": n}}}}
+    cfg = with_checkpoint_defaults(cfg, ckpt)
+    return {"target": to_dict(cfg.target), "data": None if no_data else to_dict(cfg.data),
+            "num_classes": int(cfg.num_classes)}
+
+
+def load_served_explainer(path: str | os.PathLike, target: dict, num_classes: int | None = None,
+                          allow_target_mismatch: bool = False) -> Any:
+    """The explainer with the black box of the (resolved) ``target`` config attached and checked
+    against the checkpoint's fingerprint."""
+    from fex.tasks.common import build_blackbox
+
+    blackbox = build_blackbox(target, num_classes=num_classes)
+    return load_explainer(os.path.expanduser(str(path)), target=blackbox, allow_target_mismatch=allow_target_mismatch)
+
+
+def load_gate(path: str | os.PathLike, explainer: Any, mode: Any = "auto") -> Any:
+    """The trust gate calibrated for this checkpoint (``fex.gate.Gate.load``: ``<checkpoint>.gate.json``).
+
+    ``auto``: the gate when fex has one and a calibration exists, else None; ``on``: required;
+    ``off``: None."""
+    if isinstance(mode, bool) or mode is None:
+        mode = "on" if mode else "off"
+    mode = str(mode)
+    if mode not in GATE_MODES:
+        raise ConfigError(f"gate must be one of {GATE_MODES}, got {mode!r}")
+    if mode == "off":
+        return None
+    try:
+        from fex.gate import Gate
+    except ImportError as exc:
+        if mode == "on":
+            raise ConfigError("gate=on but this fex has no trust gate (fex.gate)") from exc
+        return None
+    try:
+        return Gate.load(os.path.expanduser(str(path)), blackbox=explainer.blackbox, masker=explainer.masker)
+    except FexError as exc:
+        if mode == "on":
+            raise
+        log.info("no trust gate: %s", exc)
+        return None

@@ -1,0 +1,170 @@
+"""Full and read-only disks (issue 11, item 4): every file appears whole or not at all, Lightning
+checkpoints included; unwritable outputs fail before any work; failed runs leave no empty dirs.
+
+Uses tiny tmpfs mounts (root only); skipped with the reason where mounting is not permitted."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import uuid
+
+import pytest
+import torch
+
+import fex.io as fio
+from fex.errors import OutputError
+
+
+@contextlib.contextmanager
+def tmpfs(base, size: str, readonly: bool = False):
+    path = base / f"tmpfs-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    opts = f"size={size}" + (",ro" if readonly else "")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): {r.stderr.strip() or r.returncode}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def leftovers(d):
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+
+
+def test_atomic_write_on_a_full_disk_keeps_the_old_file(tmp_path):
+    with tmpfs(tmp_path, "64k") as mnt:
+        fio.write_json(mnt / "metrics.json", {"old": 1})
+        with pytest.raises(OSError) as e:
+            fio.write_bytes(mnt / "metrics.json", b"x" * 200_000)  # fills the disk mid-write
+        assert e.value.errno == errno.ENOSPC
+        assert (mnt / "metrics.json").read_text() == '{\n  "old": 1\n}'
+        assert leftovers(mnt) == ["metrics.json"]  # no temporary behind
+        with pytest.raises(OSError):
+            fio.write_npz(mnt / "shard.npz", a=torch.zeros(100_000).numpy())
+        assert leftovers(mnt) == ["metrics.json"]
+
+
+def _fit_with_checkpoints(dirpath, epochs=1):
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from tests.helpers import fit, planted_blackbox, small_explainer, synthetic_images  # noqa: F401
+
+    module = small_explainer(blackbox=planted_blackbox())
+    from torch.utils.data import DataLoader
+
+    from fex.data.mnist import IndexedTensorDataset
+
+    x = synthetic_images(32, 0)
+    loader = DataLoader(IndexedTensorDataset(x, torch.zeros(32, dtype=torch.long)), batch_size=16)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0,
+                         callbacks=[ModelCheckpoint(dirpath=dirpath, filename="best", save_top_k=1, every_n_epochs=1)])
+    fio.atomic_checkpoints(trainer)
+    trainer.fit(module, train_dataloaders=loader)
+    return trainer
+
+
+def test_lightning_checkpoint_on_a_full_disk_is_whole_or_absent(tmp_path):
+    with tmpfs(tmp_path, "24k") as mnt:  # a checkpoint of the small explainer is ~100 kB
+        with pytest.raises(OSError) as e:
+            _fit_with_checkpoints(mnt / "checkpoints")
+        assert e.value.errno == errno.ENOSPC
+        assert leftovers(mnt) == []  # no truncated best.ckpt, no .tmp
+
+
+def test_lightning_checkpoint_overwrite_on_a_full_disk_keeps_the_old_one(tmp_path):
+    from fex.module import ExplainerModule
+
+    with tmpfs(tmp_path, "1m") as mnt:
+        _fit_with_checkpoints(mnt / "checkpoints")
+        best = mnt / "checkpoints" / "best.ckpt"
+        before = best.read_bytes()
+        # leave less room than one more checkpoint: the next save must fail and keep the old file whole
+        free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+        (mnt / "filler").write_bytes(b"\0" * max(0, free - len(before) // 2))
+        trainer = _fit_with_checkpoints(tmp_path / "elsewhere")
+        with pytest.raises(OSError):
+            trainer.save_checkpoint(best)
+        assert best.read_bytes() == before
+        assert sorted(leftovers(mnt)) == ["checkpoints/best.ckpt", "filler"]
+        ExplainerModule.from_checkpoint(best)  # still loads
+
+
+def test_unwritable_output_is_refused_before_any_work(tmp_path):
+    with tmpfs(tmp_path, "64k", readonly=True) as ro:
+        with pytest.raises(OutputError, match="not writable .*Read-only file system") as e:
+            fio.check_writable(ro / "run" / "deep")
+        assert "\n" not in str(e.value)
+    with tmpfs(tmp_path, "64k") as small:  # < 1 MiB free: a run would die on its first checkpoint
+        with pytest.raises(OutputError, match="no space left"):
+            fio.check_writable(small / "run")
+        assert leftovers(small) == [] and not (small / "run").exists()
+
+
+@pytest.mark.parametrize("task", ["train", "evaluate", "explain"])
+def test_tasks_check_the_output_dir_first(tmp_path, task):
+    from tests.conftest import compose
+
+    with tmpfs(tmp_path, "64k", readonly=True) as ro:
+        extra = {"train": [], "evaluate": ["checkpoint=/nonexistent.ckpt"],
+                 "explain": ["checkpoint=/nonexistent.ckpt", f"input={tmp_path}"]}[task]
+        cfg = compose(task, extra, output_dir=ro / "out")
+        mod = __import__(f"fex.tasks.{task}", fromlist=[task])
+        with pytest.raises(OutputError, match="not writable"):  # not CheckpointError: nothing else ran first
+            getattr(mod, task)(cfg)
+
+
+def test_training_that_fills_the_disk_ends_in_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys,
+                                                                           mnist_target):
+    from fex.launch import run
+    from fex.tasks.train import train
+    from tests.conftest import FAST, compose
+
+    monkeypatch.setattr(fio, "MIN_FREE_BYTES", 4096)  # let the run start on a nearly full disk
+    with tmpfs(tmp_path, "48k") as mnt:
+        cfg = compose("train", FAST + ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1"],
+                      output_dir=mnt / "run")
+        with pytest.raises(SystemExit) as e:
+            run(train, cfg)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and "No space left on device" in err[0], err
+        assert leftovers(mnt) == [] and not (mnt / "run").exists()  # no half-written file, no empty dir
+
+
+def test_remove_empty_dirs_keeps_anything_with_a_file(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("a: 1")
+    (run / "train.log").write_text("")
+    (run / "checkpoints").mkdir()
+    keep = tmp_path / "keep"
+    (keep / "attributions").mkdir(parents=True)
+    (keep / "attributions" / "shard-000000000.npz").write_bytes(b"x")
+    assert not fio.remove_empty_dirs(keep, (".hydra", "*.log")) and keep.exists()
+    assert fio.remove_empty_dirs(run, (".hydra", "*.log")) and not run.exists()
+
+
+def test_failed_run_removes_only_the_dir_it_created(tmp_path, capsys):
+    from fex.errors import DataError
+    from fex.launch import run
+
+    def failing(cfg):
+        out = tmp_path / cfg["name"]
+        (out / ".hydra").mkdir(parents=True, exist_ok=True)  # what Hydra writes before the task
+        (out / ".hydra" / "config.yaml").write_text("x: 1")
+        (out / "attributions").mkdir()
+        raise DataError("bad data")
+
+    for name, existed in (("new", False), ("mine", True)):
+        if existed:
+            (tmp_path / name).mkdir()
+        with pytest.raises(SystemExit) as e:
+            run(failing, {"output_dir": str(tmp_path / name), "name": name})
+        assert e.value.code == 2 and capsys.readouterr().err == "error: bad data\n"
+        assert (tmp_path / name).exists() == existed  # a directory the user made is left alone

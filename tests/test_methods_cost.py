@@ -1,0 +1,69 @@
+"""Exact cost accounting: queries, target forward/backward passes, policy calls (fex.compare records)."""
+import pytest
+import torch
+
+from fex import baselines as B
+from fex import compare
+from fex.blackbox import BlackBox
+from fex.maskers.image import PatchMasker
+from fex.methods.cost import PassCounter
+from fex.methods.psig import PathSampledIG
+from fex.methods.rloco import RegionalLOCO
+from tests.synth import LinearPatchTarget, make_checkpoint
+
+N, BATCH = 4, 2  # explanations, per batch
+
+
+@pytest.fixture
+def setup():
+    bb = BlackBox(LinearPatchTarget(grid=3, size=6), output="logits")
+    masker = PatchMasker(grid=(3, 3), input_shape=(1, 6, 6))
+    x = torch.rand(N, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    return bb, masker, x, torch.ones(N, dtype=torch.long)
+
+
+@pytest.mark.parametrize("make,queries,fwd,bwd", [
+    (lambda bb, mk: B.IntegratedGradients(bb, mk, n_steps=7, internal_batch_size=3), 7, 7, 7),  # m steps -> m gradients
+    (lambda bb, mk: PathSampledIG(bb, mk, n_steps=5, internal_batch_size=2), 5, 5, 5),
+    (lambda bb, mk: B.KernelShap(bb, mk, n_samples=30), 30, 30, 0),  # KernelShap(N) -> N queries
+    (lambda bb, mk: B.FeatureAblation(bb, mk), 10, 10, 0),  # F + 1
+    (lambda bb, mk: B.Rise(bb, mk, n_masks=20, batch=8), 20, 20, 0),
+    (lambda bb, mk: RegionalLOCO(bb, mk, n_regions=2).fit(torch.rand(4, 1, 6, 6), 1), 10, 10, 0),
+    (lambda bb, mk: B.RandomAttribution(bb, mk), 0, 0, 0),
+])
+def test_exact_counts_per_explanation(setup, make, queries, fwd, bwd):
+    bb, masker, x, t = setup
+    rec = compare.explain_all(make(bb, masker), masker, x, t, batch_size=BATCH)
+    assert (rec["queries_per_expl"], rec["forward_passes"], rec["backward_passes"]) == (queries, fwd, bwd)
+    assert rec["policy_calls"] is None
+
+
+def test_fex_is_one_policy_forward_plus_one_query_for_the_prediction(tmp_path):
+    bb = BlackBox(LinearPatchTarget(), output="logits")
+    m = B.Fex(bb, checkpoint=make_checkpoint(tmp_path / "e.ckpt", bb))
+    x = torch.rand(N, 1, 28, 28)
+    with bb.counting() as c, PassCounter(m.explainer.policy) as pol, PassCounter(bb.model) as tgt:
+        m.explainer.explain(x)  # explains the prediction: the black box is asked once per input
+    assert (pol.calls, pol.forward, c.n, tgt.forward, tgt.backward) == (1, N, N, N, 0)
+    rec = compare.explain_all(m, m.masker, x, torch.ones(N, dtype=torch.long), batch_size=BATCH)
+    # explained class given (as in every comparison): no queries at all, one policy call per batch
+    assert (rec["queries_per_expl"], rec["forward_passes"], rec["policy_calls"]) == (0, 0, 1 / BATCH)
+
+
+def test_nested_and_wrapped_calls_count_once():
+    inner = torch.nn.Linear(3, 2)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = inner
+
+        def forward(self, x):
+            return self.model(x)
+
+    w = Wrapper()
+    with PassCounter(w) as pc:
+        w(torch.rand(5, 3))  # outer call: 5 rows, not 10
+        out = inner(torch.rand(4, 3, requires_grad=True))  # the wrapped model called directly
+        out.sum().backward()
+    assert (pc.calls, pc.forward, pc.backward) == (2, 9, 4)

