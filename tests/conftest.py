@@ -46,3 +46,14 @@ def mnist_target():
 
     return BlackBox(pretrained_mnist_cnn(cache_dir=os.environ["FEX_CACHE"]), output="logits", num_classes=10,
                     name="fex.targets.mnist_cnn.pretrained_mnist_cnn")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread is faster than two fighting over a busy CPU."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -20,13 +20,6 @@ from fex.tasks.train import summary_line
 from tests.text_helpers import planted_word_blackbox, synthetic_sentences
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_tied_fraction_known_values():
     s = torch.tensor([[0.2, 0.2, 0.2], [0.1, 0.9, 0.0], [0.5, 0.5, 7.0]])

@@ -18,14 +18,6 @@ from fex.data.text import TextCollate, TextDataset
 from tests.text_helpers import planted_word_blackbox, small_text_explainer, synthetic_sentences
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models: one intra-op thread is faster than two fighting over a busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_planted_word_ranked_first(one_thread):
     pl.seed_everything(0)
