@@ -3,6 +3,8 @@
     python benchmarks/objectives.py --out outputs/bench/objectives          # all variants (long)
     python benchmarks/objectives.py --variants banked,paper --budget 64      # a subset / smaller budget
     python benchmarks/objectives.py --quick --out /tmp/obj                   # smoke run
+    python benchmarks/objectives.py --variants paper,reinforce,disarm,fastshap,banked,ceiling \
+        --adopt banked=outputs/bench/cos_seed0      # the default's curve from its `python train.py` run
 
 Each variant trains the default conv policy on the MNIST CNN target (7x7 patches) through
 ``fex.tasks.train.train`` with the same number of black-box queries per training input
@@ -19,14 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import sys
 import time
 from pathlib import Path
 
-import fex  # noqa: F401  (torchvision shim before lightning)
-import fex.io
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's fex, also when another one is installed
+
+import fex  # noqa: F401,E402  (torchvision shim before lightning)
+import fex.io  # noqa: E402
+import torch  # noqa: E402
 
 # name -> (description, overrides, masks per training input per epoch)
 VARIANTS = {
@@ -68,6 +73,8 @@ def run_variant(name: str, out: Path, a: argparse.Namespace) -> dict:
     done = run / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
+    if run.exists():  # an unfinished run: its logs would mix into the new curve (logs/version_0)
+        shutil.rmtree(run)
     cfg = compose("train", o)
     t0 = time.perf_counter()
     metrics, _ = train(cfg)
@@ -77,6 +84,27 @@ def run_variant(name: str, out: Path, a: argparse.Namespace) -> dict:
     res = {"variant": name, "description": desc, "overrides": o, "train_queries": float(metrics["train/queries"]),
            "seconds": time.perf_counter() - t0, "best_val_deletion_auc": best.get("deletion_auc"),
            "best_val_insertion_auc": best.get("insertion_auc"), "curve": curve}
+    fex.io.write_json(done, res)
+    return res
+
+
+def adopt_run(name: str, run: Path, out: Path) -> dict:
+    """A variant's row and curve read from a finished ``python train.py`` run directory (e.g. the
+    default's seed-0 benchmark run) instead of training it again."""
+    from fex.bench import read_training_curve
+
+    done = out / name / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    metrics = json.loads((run / "train_metrics.json").read_text())
+    curve = [p for p in read_training_curve(run / "logs" / "version_0" / "metrics.csv")
+             if p["deletion_auc"] is not None and p["insertion_auc"] is not None]
+    best = max(curve, key=lambda p: p["insertion_auc"] - p["deletion_auc"])
+    desc = VARIANTS[name][0] if name in VARIANTS else name
+    res = {"variant": name, "description": f"{desc} (read from {run})", "overrides": [],
+           "train_queries": float(metrics["train/queries"]), "seconds": float(metrics.get("train/seconds", 0.0)),
+           "best_val_deletion_auc": best["deletion_auc"], "best_val_insertion_auc": best["insertion_auc"],
+           "curve": curve}
     fex.io.write_json(done, res)
     return res
 
@@ -147,14 +175,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--out", default=str(ROOT / "outputs/bench/objectives"))
+    p.add_argument("--adopt", nargs="*", default=[], metavar="NAME=RUN_DIR",
+                   help="read these variants from finished `python train.py` run directories instead of training them")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
+    adopted = dict(item.split("=", 1) for item in a.adopt)
     if a.quick:
         a.budget, a.banked_epochs, a.limit, a.val_interval = 8, 2, 128, 1.0
         a.ceiling_inputs, a.oracle_masks, a.ceiling_epochs = 32, 64, 2
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [run_ceiling(out, a) if v == "ceiling" else run_variant(v, out, a) for v in a.variants.split(",") if v]
+    rows = [run_ceiling(out, a) if v == "ceiling" else adopt_run(v, Path(adopted[v]), out) if v in adopted
+            else run_variant(v, out, a) for v in a.variants.split(",") if v]
     lines = ["| variant | what | training queries | best val deletion AUC | its val insertion AUC |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['description']} | {r['train_queries']:.0f} | "
