@@ -201,23 +201,11 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    from fex.render.plots import _plt, save_figure
+    from fex.render.plots import learning_curves
 
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for r in rows:
-        c = r["curve"]
-        if not c:
-            continue
-        q = [p["train_queries"] for p in c]
-        axes[0].plot(q, [p["deletion_auc"] for p in c], marker=".", label=r["variant"])
-        axes[1].plot(q, [p["insertion_auc"] for p in c], marker=".", label=r["variant"])
-    for ax, t in zip(axes, ("val deletion AUC (lower better)", "val insertion AUC (higher better)")):
-        ax.set_xlabel("training queries")
-        ax.set_title(t)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    save_figure(fig, path)
+    learning_curves([(r["variant"], r["curve"]) for r in rows],
+                    [("deletion_auc", "val deletion AUC (lower better)"),
+                     ("insertion_auc", "val insertion AUC (higher better)")], path)
 
 
 if __name__ == "__main__":

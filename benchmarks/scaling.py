@@ -245,27 +245,12 @@ def plot_break_even(grids: Sequence[dict], rows: Sequence[dict], path: Path) -> 
 
 
 def plot_training_curve(grids: Sequence[dict], path: Path) -> Path:
-    from fex.render.plots import _plt, save_figure
+    from fex.render.plots import learning_curves
 
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for g in grids:
-        c = g["curve"]
-        if not c:
-            continue
-        q = [p["train_queries"] for p in c]
-        axes[0].plot(q, [p["reward"] for p in c], "o-", ms=3, label=f"{g['features']} features")
-        d = [(p["train_queries"], p["deletion_auc"]) for p in c if p["deletion_auc"] is not None]
-        axes[1].plot([a for a, _ in d], [b for _, b in d], "o-", ms=3, label=f"{g['features']} features")
-    for ax, lab in zip(axes, ("val/reward (higher better; scale grows with F)",
-                              "val/deletion_auc, fixed val subset (lower better)")):
-        ax.xaxis.set_major_formatter(lambda v, _: f"{v / 1e3:.0f}k")
-        ax.set_xlabel("black-box queries spent training")
-        ax.set_ylabel(lab)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Training cost curve: explainer quality vs queries (stop when it flattens)", fontsize=9)
-    return save_figure(fig, path, dpi=90)
+    return learning_curves([(f"{g['features']} features", g["curve"]) for g in grids],
+                           [("reward", "val/reward (higher better; scale grows with F)"),
+                            ("deletion_auc", "val/deletion_auc, fixed val subset (lower better)")], path,
+                           title="Training cost curve: explainer quality vs queries (stop when it flattens)")
 
 
 def report(grids: Sequence[dict], header: str) -> tuple[str, list[dict]]:

@@ -1,5 +1,6 @@
 """Modality-free figures (matplotlib, Agg backend; written atomically): deletion/insertion
-curves and quality versus time of a method comparison (rows of :func:`fex.compare.run_methods`)."""
+curves and quality versus time of a method comparison (rows of :func:`fex.compare.run_methods`),
+and learning curves (validation metrics against training queries)."""
 from __future__ import annotations
 
 import os
@@ -27,6 +28,29 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
         fig.savefig(fh, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     _plt().close(fig)
     return path
+
+
+def learning_curves(series: Sequence[tuple[str, Sequence[dict]]], panels: Sequence[tuple[str, str]],
+                    path: str | os.PathLike, title: str | None = None) -> Path:
+    """One panel per ``(key, label)`` of ``panels``: each series' points ``{"train_queries", key}``
+    (from :func:`fex.bench.read_training_curve`; points without the key are skipped) against the
+    black-box queries spent training."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for name, curve in series:
+        for ax, (key, _) in zip(axes[0], panels):
+            pts = [(p["train_queries"], p[key]) for p in curve if p.get(key) is not None]
+            if pts:
+                ax.plot([q for q, _ in pts], [v for _, v in pts], "o-", ms=3, label=name)
+    for ax, (_, label) in zip(axes[0], panels):
+        ax.xaxis.set_major_formatter(lambda v, _: f"{v / 1e3:.0f}k")
+        ax.set_xlabel("black-box queries spent training")
+        ax.set_title(label, fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path, dpi=90)
 
 
 def _ok(rows: Sequence[dict]) -> list[dict]:
