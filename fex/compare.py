@@ -130,7 +130,17 @@ def score_all(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, 
             xb = masker.select(x, torch.arange(sl.start, sl.stop, device=dev))
             parts.append({k: v.cpu() for k, v in M.faithfulness(blackbox, masker, xb, scores[sl], target[sl],
                                                                      **metric_kwargs).items()})
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return {k: _cat_ragged([p[k] for p in parts]) for k in parts[0]}
+
+
+def _cat_ragged(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along dim 0; curves [n, S+1] of batches with different step counts (text with one
+    step per word: S is the batch's longest input) are padded to the widest by repeating their last
+    point (a curve that has ended stays where it ended)."""
+    if parts[0].dim() < 2 or len({p.shape[1] for p in parts}) == 1:
+        return torch.cat(parts)
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([torch.cat([p, p[:, -1:].expand(-1, width - p.shape[1])], 1) for p in parts])
 
 
 def run_methods(blackbox: BlackBox, masker: Masker, x: Any, target: torch.Tensor,

@@ -67,3 +67,33 @@ def test_nested_and_wrapped_calls_count_once():
         out = inner(torch.rand(4, 3, requires_grad=True))  # the wrapped model called directly
         out.sum().backward()
     assert (pc.calls, pc.forward, pc.backward) == (2, 9, 4)
+
+
+
+def test_score_all_concatenates_batches_of_different_curve_lengths():
+    """One curve step per word: batches whose longest snippet differs give curves of different widths.
+    They are padded with each curve's last point, and every AUC equals the one scored without batching."""
+    from fex.maskers.text import WordMasker
+    from tests.text_helpers import planted_word_blackbox
+
+    masker = WordMasker(max_length=32)
+    bb = BlackBox(planted_word_blackbox("great"), output="probs", num_classes=2)
+    x = masker.encode(["a great film", "great", "the plot is great and the cast is fine too", "dull"])
+    n = masker.valid(x).sum(1)
+    scores = torch.randn(4, int(n.max()))
+    target = torch.ones(4, dtype=torch.long)
+    one = compare.score_all(bb, masker, x, scores, target, batch_size=4)
+    two = compare.score_all(bb, masker, x, scores, target, batch_size=2)  # widths 4 and 11 (+1)
+    for k in ("deletion_auc", "insertion_auc"):
+        assert torch.allclose(one[k], two[k])
+    curves = [k for k, v in two.items() if v.dim() == 2]
+    assert curves
+    for k in curves:
+        assert two[k].shape == one[k].shape
+        assert torch.allclose(two[k][:2, -1], two[k][:2, int(n[:2].max())])  # padded with the last point
+
+
+def test_cat_ragged_known_values():
+    a, b = torch.tensor([[1.0, 0.5, 0.2]]), torch.tensor([[1.0, 0.4]])
+    assert compare._cat_ragged([a, b]).tolist() == [[1.0, 0.5, 0.2], [1.0, 0.4, 0.4]]
+    assert compare._cat_ragged([torch.ones(2), torch.zeros(1)]).tolist() == [1.0, 1.0, 0.0]
