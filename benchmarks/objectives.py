@@ -57,7 +57,7 @@ VARIANTS = {
 
 
 def run_variant(name: str, out: Path, a: argparse.Namespace) -> dict:
-    from fex.bench import compose, read_training_curve
+    from fex.bench import compose
     from fex.tasks.train import train
 
     desc, overrides, per_epoch = VARIANTS[name]
@@ -78,11 +78,20 @@ def run_variant(name: str, out: Path, a: argparse.Namespace) -> dict:
     cfg = compose("train", o)
     t0 = time.perf_counter()
     metrics, _ = train(cfg)
+    return run_result(name, desc, o, run, float(metrics["train/queries"]), time.perf_counter() - t0, done)
+
+
+def run_result(name: str, desc: str, overrides: list[str], run: Path, queries: float, seconds: float,
+               done: Path) -> dict:
+    """A variant's row: its learning curve (the run's ``logs/version_0/metrics.csv``) and best point,
+    written to ``done``."""
+    from fex.bench import read_training_curve
+
     curve = [p for p in read_training_curve(run / "logs" / "version_0" / "metrics.csv")
              if p["deletion_auc"] is not None and p["insertion_auc"] is not None]
     best = max(curve, key=lambda p: p["insertion_auc"] - p["deletion_auc"]) if curve else {}
-    res = {"variant": name, "description": desc, "overrides": o, "train_queries": float(metrics["train/queries"]),
-           "seconds": time.perf_counter() - t0, "best_val_deletion_auc": best.get("deletion_auc"),
+    res = {"variant": name, "description": desc, "overrides": overrides, "train_queries": queries,
+           "seconds": seconds, "best_val_deletion_auc": best.get("deletion_auc"),
            "best_val_insertion_auc": best.get("insertion_auc"), "curve": curve}
     fex.io.write_json(done, res)
     return res
@@ -91,22 +100,13 @@ def run_variant(name: str, out: Path, a: argparse.Namespace) -> dict:
 def adopt_run(name: str, run: Path, out: Path) -> dict:
     """A variant's row and curve read from a finished ``python train.py`` run directory (e.g. the
     default's seed-0 benchmark run) instead of training it again."""
-    from fex.bench import read_training_curve
-
     done = out / name / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
     metrics = json.loads((run / "train_metrics.json").read_text())
-    curve = [p for p in read_training_curve(run / "logs" / "version_0" / "metrics.csv")
-             if p["deletion_auc"] is not None and p["insertion_auc"] is not None]
-    best = max(curve, key=lambda p: p["insertion_auc"] - p["deletion_auc"])
     desc = VARIANTS[name][0] if name in VARIANTS else name
-    res = {"variant": name, "description": f"{desc} (read from {run})", "overrides": [],
-           "train_queries": float(metrics["train/queries"]), "seconds": float(metrics.get("train/seconds", 0.0)),
-           "best_val_deletion_auc": best["deletion_auc"], "best_val_insertion_auc": best["insertion_auc"],
-           "curve": curve}
-    fex.io.write_json(done, res)
-    return res
+    return run_result(name, f"{desc} (read from {run})", [], run, float(metrics["train/queries"]),
+                      float(metrics.get("train/seconds", 0.0)), done)
 
 
 def run_ceiling(out: Path, a: argparse.Namespace) -> dict:
