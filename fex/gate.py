@@ -399,7 +399,7 @@ def fidelity(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, t
         raise ConfigError(f"fidelity metric must be one of {FIDELITY_METRICS}, got {metric!r}")
     curve = M.perturbation_curve(blackbox, masker, x, scores, target, metric, steps).cpu()  # [B, S+1]
     p_full = curve[:, 0 if metric == "deletion" else -1].clamp_min(1e-6)  # every feature present: p(y|x)
-    area = M.auc(curve)
+    area = M.curve_auc(curve, masker.valid(x).cpu(), steps)
     return ((1 - area / p_full) if metric == "deletion" else area / p_full).clamp(0, 1)
 
 

@@ -25,17 +25,13 @@ def order_masks(scores: torch.Tensor, valid: torch.Tensor, steps: int | None = N
     Ties are broken by feature index so results are deterministic.
     """
     b, f = scores.shape
-    n = valid.sum(1)  # [B]
-    s_total = int(n.max().item()) if steps is None else int(steps)
-    s_total = max(1, s_total)
     big = torch.finfo(scores.dtype).max
     key = torch.where(valid, scores, torch.full_like(scores, -big))
     # stable descending order: sort by (-score, index)
     order = torch.sort(-key, dim=1, stable=True).indices  # [B, F]
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(f, device=scores.device).expand(b, f))  # rank of each feature
-    frac = torch.arange(s_total + 1, device=scores.device, dtype=torch.float64) / s_total  # [S+1]
-    counts = torch.round(frac[None, :] * n[:, None].double()).long()  # [B, S+1] features taken
+    counts = curve_counts(valid, steps)  # [B, S+1] features taken
     top = rank[:, None, :] < counts[:, :, None]  # [B, S+1, F] the taken top features
     top = top & valid[:, None, :]
     if mode == "deletion":
@@ -47,12 +43,48 @@ def order_masks(scores: torch.Tensor, valid: torch.Tensor, steps: int | None = N
     return m.to(scores.dtype)
 
 
-def auc(curve: torch.Tensor) -> torch.Tensor:
-    """Normalised trapezoidal area of curves [B, S+1] over x in [0, 1] -> [B]."""
+def _grid(valid: torch.Tensor, steps: int | None) -> torch.Tensor:
+    """The S+1 evenly spaced points in [0, 1] of a curve (S = ``steps``, or the batch's largest feature count)."""
+    s_total = max(1, int(valid.sum(1).max().item()) if steps is None else int(steps))
+    return torch.arange(s_total + 1, device=valid.device, dtype=torch.float64) / s_total  # [S+1]
+
+
+def curve_counts(valid: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+    """Features taken at each point of each example's curve: ``round(s * n / S)``, [B, S+1] (long)."""
+    return torch.round(_grid(valid, steps)[None, :] * valid.sum(1)[:, None].double()).long()
+
+
+def curve_fractions(valid: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+    """Share of each example's n valid features taken at each point of its curve: [B, S+1] (evenly
+    spaced for an example without features)."""
+    n = valid.sum(1)[:, None].double()
+    return torch.where(n > 0, curve_counts(valid, steps) / n.clamp_min(1), _grid(valid, steps)[None, :])
+
+
+def auc(curve: torch.Tensor, fractions: torch.Tensor | None = None) -> torch.Tensor:
+    """Normalised trapezoidal area of curves [B, S+1] over x in [0, 1] -> [B].
+
+    ``fractions`` [B, S+1] (:func:`curve_fractions`): the points' x positions per example; without
+    them the points are taken as evenly spaced.
+    """
     s = curve.shape[1] - 1
     if s < 1:
         return curve[:, 0]
-    return (curve[:, :-1] + curve[:, 1:]).sum(1) / (2 * s)
+    if fractions is None:
+        return (curve[:, :-1] + curve[:, 1:]).sum(1) / (2 * s)
+    dx = (fractions[:, 1:] - fractions[:, :-1]).to(curve.device, curve.dtype)
+    return ((curve[:, :-1] + curve[:, 1:]) * dx).sum(1) / 2
+
+
+def curve_auc(curve: torch.Tensor, valid: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+    """Area of :func:`perturbation_curve` curves [B, S+1] -> [B], independent of the batch.
+
+    With a fixed ``steps`` the S+1 points are evenly spaced. With ``steps=None`` (one step per
+    feature) S is the batch's largest feature count, so an example with fewer features (a shorter
+    text) repeats points: its area is taken over its own n+1 distinct points, exactly as if it had
+    been scored alone.
+    """
+    return auc(curve, curve_fractions(valid, None) if steps is None else None)
 
 
 def perturbation_curve(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, target: torch.Tensor,
@@ -67,22 +99,29 @@ def perturbation_curve(blackbox: BlackBox, masker: Masker, x: Any, scores: torch
 
 def deletion_auc(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, target: torch.Tensor,
                  steps: int | None = None) -> torch.Tensor:
-    return auc(perturbation_curve(blackbox, masker, x, scores, target, "deletion", steps))
+    return curve_auc(perturbation_curve(blackbox, masker, x, scores, target, "deletion", steps), masker.valid(x), steps)
 
 
 def insertion_auc(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, target: torch.Tensor,
                   steps: int | None = None) -> torch.Tensor:
-    return auc(perturbation_curve(blackbox, masker, x, scores, target, "insertion", steps))
+    return curve_auc(perturbation_curve(blackbox, masker, x, scores, target, "insertion", steps), masker.valid(x), steps)
 
 
 # --------------------------------------------------------------------------- more metrics
-def aopc(curve: torch.Tensor) -> torch.Tensor:
+def aopc(curve: torch.Tensor, fractions: torch.Tensor | None = None) -> torch.Tensor:
     """AOPC (Samek et al. 2017) of deletion curves [B, S+1] -> [B].
 
     ``1/(S+1) * sum_s (p_0 - p_s)``: the mean drop of the target probability while the
-    most important features are removed; higher = more faithful.
+    most important features are removed; higher = more faithful. With ``fractions``
+    (:func:`curve_fractions`) a repeated point (same share of features removed) counts once.
     """
-    return (curve[:, :1] - curve).mean(1)
+    drop = curve[:, :1] - curve
+    if fractions is None:
+        return drop.mean(1)
+    new = torch.ones_like(fractions, dtype=torch.bool)
+    new[:, 1:] = fractions[:, 1:] != fractions[:, :-1]
+    w = new.to(curve.device, curve.dtype)
+    return (drop * w).sum(1) / w.sum(1)
 
 
 def rationale_masks(scores: torch.Tensor, valid: torch.Tensor, fractions: tuple[float, ...]) -> torch.Tensor:
@@ -198,7 +237,8 @@ def faithfulness(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tenso
     """
     dele = perturbation_curve(blackbox, masker, x, scores, target, "deletion", steps)
     ins = perturbation_curve(blackbox, masker, x, scores, target, "insertion", steps)
-    out = {"deletion_auc": auc(dele), "insertion_auc": auc(ins), "aopc": aopc(dele)}
+    at = curve_fractions(masker.valid(x), None) if steps is None else None  # see curve_auc
+    out = {"deletion_auc": auc(dele, at), "insertion_auc": auc(ins, at), "aopc": aopc(dele, at)}
     out.update(eraser(blackbox, masker, x, scores, target, fractions))
     out["faithfulness_corr"] = faithfulness_correlation(blackbox, masker, x, scores, target, subset_fraction,
                                                         num_subsets, seed)

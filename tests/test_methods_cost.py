@@ -69,11 +69,10 @@ def test_nested_and_wrapped_calls_count_once():
     assert (pc.calls, pc.forward, pc.backward) == (2, 9, 4)
 
 
-
 def test_score_all_concatenates_batches_of_different_curve_lengths():
     """One curve step per word: batches whose longest snippet differs give curves of different widths.
-    They are concatenated, each padded with its last point (the AUCs themselves depend on the batch's
-    step count when steps=None; benchmarks fix ``steps`` for text)."""
+    They are concatenated, each padded with its last point; the per-example AUCs and AOPC do not
+    depend on the batching (each is taken over the snippet's own points)."""
     from fex.maskers.text import WordMasker
     from tests.text_helpers import planted_word_blackbox
 
@@ -91,6 +90,8 @@ def test_score_all_concatenates_batches_of_different_curve_lengths():
         assert two[k].shape[0] == 4 and two[k].shape[1] == one[k].shape[1]
         w = int(n[:2].max()) + 1  # the first batch's own width
         assert torch.allclose(two[k][:2, w - 1:], two[k][:2, w - 1:w].expand(-1, two[k].shape[1] - w + 1))
+    for k in ("deletion_auc", "insertion_auc", "aopc"):
+        torch.testing.assert_close(two[k], one[k])
 
 
 def test_cat_ragged_known_values():

@@ -103,3 +103,36 @@ def test_substrate_is_configurable_without_touching_the_original():
     sub.fill = [0.5]
     # with every feature removed the input becomes the substrate
     assert sub.apply(x, torch.zeros(1, 1, 4)).unique().tolist() == [0.5]
+
+
+def test_one_step_per_feature_area_is_each_examples_own():
+    """steps=None: S is the batch's largest feature count, so a 2-feature example's curve repeats points
+    when batched with a 4-feature one; its area and AOPC are still those of its own 3 points."""
+    valid = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    frac = M.curve_fractions(valid)
+    assert frac.tolist() == [[0.0, 0.0, 0.5, 1.0, 1.0], [0.0, 0.25, 0.5, 0.75, 1.0]]  # round half to even
+    curve = torch.tensor([[1.0, 1.0, 0.4, 0.0, 0.0], [1.0, 0.75, 0.5, 0.25, 0.0]])
+    # own points (0, 1), (.5, .4), (1, 0): (1 + .4)/2 * .5 + (.4 + 0)/2 * .5 = 0.45; the linear one: 0.5
+    torch.testing.assert_close(M.auc(curve, frac), torch.tensor([0.45, 0.5]))
+    torch.testing.assert_close(M.aopc(curve, frac), torch.tensor([(0 + 0.6 + 1.0) / 3, 0.5]))
+    assert M.auc(curve)[0] != pytest.approx(0.45)  # evenly spaced: what the batch would have said
+    alone = M.curve_fractions(valid[:1])
+    torch.testing.assert_close(M.auc(curve[:1, [0, 2, 3]], alone), torch.tensor([0.45]))
+
+
+def test_deletion_auc_with_one_step_per_word_does_not_depend_on_the_batch():
+    from fex.maskers.text import WordMasker
+    from tests.text_helpers import planted_word_blackbox
+
+    masker = WordMasker(max_length=32)
+    bb = BlackBox(planted_word_blackbox("great"), output="probs", num_classes=2)
+    texts = ["a great film", "the plot is great and the cast is fine too"]
+    x = masker.encode(texts)
+    scores = torch.randn(2, int(masker.valid(x).sum(1).max()), generator=torch.Generator().manual_seed(0))
+    t = torch.ones(2, dtype=torch.long)
+    both = M.deletion_auc(bb, masker, x, scores, t)
+    first = masker.encode(texts[:1])
+    alone = M.deletion_auc(bb, masker, first, scores[:1, : int(masker.valid(first).sum())], t[:1])
+    torch.testing.assert_close(both[:1], alone)
+    ins = M.faithfulness(bb, masker, x, scores, t)["insertion_auc"]
+    torch.testing.assert_close(ins[:1], M.insertion_auc(bb, masker, first, scores[:1, :3], t[:1]))
