@@ -60,6 +60,7 @@ _BUILTIN: dict[str, dict[str, str]] = {
         "fex.targets.proxy.mnist_proxy": "fex.targets.proxy:mnist_proxy",
         "fex.targets.text.minilm_sentiment": "fex.targets.text:minilm_sentiment",
         "fex.targets.text.hf_classifier": "fex.targets.text:hf_classifier",
+        "fex.targets.text_proxy.minilm_proxy": "fex.targets.text_proxy:minilm_proxy",
         "fex.targets.vision.torchvision_model": "fex.targets.vision:torchvision_model",
     },
 }

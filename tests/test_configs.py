@@ -10,7 +10,7 @@ from fex.tasks.common import build_blackbox, build_data, instantiate_list
 
 CONF = ROOT / "conf"
 # targets whose construction trains or loads a large model are instantiated by their own tests
-HEAVY_TARGETS = {"minilm_sentiment", "hf_classifier"}
+HEAVY_TARGETS = {"minilm_sentiment", "hf_classifier", "minilm_proxy"}
 NEEDS_ARGS = {
     "callable": ["target.model.path=helpers.planted_callable", "target.output=logits"],
     "text_callable": None,  # composed only; its own tests call it

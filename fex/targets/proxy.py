@@ -9,6 +9,9 @@ hash, the student's agreement with the teacher on held-out digits, clean and mas
 The transfer set matters: an explainer queries the target on *masked* inputs, so the student is
 distilled on the training digits and on ``masked_copies`` randomly patch-masked copies of each
 (the explainer's masker grid and baseline), not only on clean digits.
+
+The text proxy (:mod:`fex.targets.text_proxy`) shares the mask sampling (:func:`random_keep_masks`),
+the distillation (:func:`distill`), the cache writing (:func:`save_proxy`) and :func:`agreement`.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -62,21 +65,46 @@ class _Distill(pl.LightningModule):
         return torch.optim.Adam(self.student.parameters(), lr=self.lr)
 
 
+def random_keep_masks(n: int, copies: int, f: int, generator: torch.Generator) -> torch.Tensor:
+    """Masks [n, copies, F] for a transfer set: each copy keeps each feature with its own rate ~ U[0.1, 1]."""
+    rate = 0.1 + 0.9 * torch.rand(n, copies, 1, generator=generator)
+    return (torch.rand(n, copies, f, generator=generator) < rate).float()
+
+
 def masked_copies_of(x: torch.Tensor, copies: int, grid: Sequence[int], baseline: str, seed: int) -> torch.Tensor:
     """``copies`` random patch-masked versions of each image (keep rate uniform in [0.1, 1] per copy)."""
     if copies <= 0:
         return x[:0]
     g = torch.Generator().manual_seed(seed)
     masker = PatchMasker(grid, tuple(x.shape[1:]), baseline=baseline, fill=[float(x.mean())] * x.shape[1])
-    f = masker.num_features()
-    rate = 0.1 + 0.9 * torch.rand(len(x), copies, 1, generator=g)
-    masks = (torch.rand(len(x), copies, f, generator=g) < rate).float()
-    return masker.apply(x, masks)
+    return masker.apply(x, random_keep_masks(len(x), copies, masker.num_features(), g))
 
 
-def agreement(student: nn.Module, teacher: nn.Module, x: torch.Tensor) -> float:
+def agreement(student: nn.Module, teacher: Any, x: Any) -> float:
+    """Share of inputs on which the student and the teacher (a module, callable or BlackBox) predict the same class."""
     with torch.no_grad():
-        return float((student(x).argmax(-1) == teacher(x).argmax(-1)).float().mean())
+        return float((student(x).argmax(-1).cpu() == teacher(x).argmax(-1).cpu()).float().mean())
+
+
+def distill(student: nn.Module, inputs: torch.Tensor, p_teacher: torch.Tensor, epochs: int, lr: float,
+            batch_size: int) -> nn.Module:
+    """Fit ``student`` (inputs -> logits) to the teacher's probabilities by KL with Lightning; returns it in eval mode."""
+    loader = DataLoader(TensorDataset(inputs, p_teacher), batch_size=batch_size, shuffle=True)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, enable_progress_bar=False)
+    trainer.fit(_Distill(student, lr), train_dataloaders=loader)
+    return student.eval()
+
+
+def save_proxy(path: Path, student: nn.Module, info: dict) -> None:
+    """The student's state_dict at ``path`` and its record at ``path.with_suffix('.json')``, both atomic
+    (a killed run never leaves a half-written cache)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(student.state_dict(), buf)
+    write_bytes(path, buf.getvalue())
+    write_json(path.with_suffix(".json"), info)
 
 
 def mnist_proxy(cache_dir: str = "~/.cache/fex", seed: int = 0, teacher_seed: int | None = None, width: int = 8,
@@ -106,24 +134,14 @@ def mnist_proxy(cache_dir: str = "~/.cache/fex", seed: int = 0, teacher_seed: in
     log.info("distilling the MNIST proxy from %d teacher answers (cached at %s)", c.n, path)
     pl.seed_everything(seed, workers=True)
     torch.manual_seed(seed)
-    student = TinyCNN(width=width)
-    loader = DataLoader(TensorDataset(transfer, p_teacher), batch_size=batch_size, shuffle=True)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=False)
-    trainer.fit(_Distill(student, lr), train_dataloaders=loader)
-    student.eval()
+    student = distill(TinyCNN(width=width), transfer, p_teacher, epochs, lr, batch_size)
     test = dm.dataset("test").x
     test_masked = masked_copies_of(test, 1, grid, baseline, seed + 1)
     info = {"teacher_queries": int(c.n), "teacher_weights_sha256": weights_hash(teacher), "transfer_size": len(transfer),
             "agreement_test": agreement(student, teacher, test), "agreement_test_masked": agreement(student, teacher, test_masked),
             "student_parameters": sum(p.numel() for p in student.parameters()),
             "teacher_parameters": sum(p.numel() for p in teacher.parameters())}
-    import io
-
-    buf = io.BytesIO()
-    torch.save(student.state_dict(), buf)
-    write_bytes(path, buf.getvalue())  # atomic: a killed run never leaves a half-written cache
-    write_json(path.with_suffix(".json"), info)
+    save_proxy(path, student, info)
     log.info("MNIST proxy: %s", info)
     return student
 

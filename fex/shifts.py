@@ -1,0 +1,98 @@
+"""Input shifts that make an explainer's answers wrong, for testing gates (:mod:`fex.gate`).
+
+Letters: B batch, F features, C channels, H W pixels.
+
+* Images ([B, C, H, W] in [0, 1]): :func:`invert_images` and :func:`noise_images`, out of distribution.
+* Text (lists of strings): :func:`shuffle_words` (each snippet's words in a random order) and
+  :func:`replace_words` (a random share of each snippet's words swapped for other words of the
+  batch), out of distribution.
+* Any modality: :class:`PermutedExplainer`, a deliberately corrupted explainer whose feature scores
+  are permuted within each input's valid features.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Sequence
+
+import torch
+
+from fex.maskers.text import split_words
+
+
+# --------------------------------------------------------------------------- images
+def invert_images(x: torch.Tensor) -> torch.Tensor:
+    """``1 - x`` (pixels in [0, 1])."""
+    return 1 - x
+
+
+def noise_images(x: torch.Tensor, std: float = 0.5, seed: int = 0) -> torch.Tensor:
+    """``x + N(0, std^2)``, clipped to [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    return (x + std * torch.randn(x.shape, generator=g)).clamp(0, 1)
+
+
+# --------------------------------------------------------------------------- text
+def shuffle_words(texts: Sequence[str], seed: int = 0) -> list[str]:
+    """Each snippet's words in a random order (the same words, so the same features)."""
+    rng = random.Random(seed)
+    out = []
+    for t in texts:
+        words = split_words(t)
+        rng.shuffle(words)
+        out.append(" ".join(words))
+    return out
+
+
+def replace_words(texts: Sequence[str], fraction: float = 0.3, seed: int = 0) -> list[str]:
+    """Replace ``ceil(fraction * n)`` random words of each n-word snippet by words drawn uniformly from the
+    batch's vocabulary (its distinct words): the word count stays, the sentences stop making sense."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    rng = random.Random(seed)
+    split = [split_words(t) for t in texts]
+    vocab = sorted({w for words in split for w in words})
+    out = []
+    for words in split:
+        for i in rng.sample(range(len(words)), math.ceil(fraction * len(words)) if words else 0):
+            words[i] = rng.choice(vocab)
+        out.append(" ".join(words))
+    return out
+
+
+# --------------------------------------------------------------------------- any modality
+def permute_valid(scores: torch.Tensor, valid: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Scores [B, F] with each input's valid features' scores permuted among themselves; invalid ones 0.
+
+    An input with n valid features gets ``randperm(n)`` from a generator seeded by ``seed``: the
+    permutation depends only on (seed, n), so it does not change with batching (and on fixed-F
+    inputs every input gets the same one).
+    """
+    valid = valid.to(scores.device)
+    out = torch.zeros_like(scores)
+    perms: dict[int, torch.Tensor] = {}
+    for i in range(scores.shape[0]):
+        idx = valid[i].nonzero().flatten()
+        n = idx.numel()
+        if n not in perms:
+            perms[n] = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(scores.device)
+        out[i, idx] = scores[i, idx[perms[n]]]
+    return out
+
+
+class PermutedExplainer:
+    """A deliberately corrupted explainer: the wrapped one's feature scores permuted within each input's
+    valid features (:func:`permute_valid`). Same target, masker and classes as the wrapped one."""
+
+    name = "fex_corrupted"
+
+    def __init__(self, explainer: Any, seed: int = 0) -> None:
+        self.inner, self.masker, self.blackbox = explainer, explainer.masker, getattr(explainer, "blackbox", None)
+        self.seed = int(seed)
+
+    def explain(self, x: Any, target: Any = None) -> dict:
+        out = dict(self.inner.explain(x, target))
+        valid = self.masker.valid(x)
+        out["scores"] = permute_valid(out["scores"], valid, self.seed)
+        out["attributions"] = self.masker.expand(out["scores"], x)
+        return out
