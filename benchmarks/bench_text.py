@@ -1,7 +1,7 @@
 """FEX against per-instance explainers on the MiniLM Rotten Tomatoes classifier, side by side in one run.
 
-    python train.py experiment=text_rt seed=0 hydra.run.dir=outputs/bench/text_seed0     # and seed=1, seed=2
-    python benchmarks/bench_text.py --checkpoint outputs/bench/text_seed{0,1,2}/explainer.ckpt
+    python train.py experiment=text_rt seed=0 hydra.run.dir=outputs/bench/text_small_seed0     # and seed=1, seed=2
+    python benchmarks/bench_text.py --checkpoint outputs/bench/text_small_seed{0,1,2}/explainer.ckpt
 
 Every method explains the same test snippets (explained class = the classifier's prediction) on
 the same word features, in batches of --batch-size (64: a user's batch); quality is scored
@@ -9,7 +9,7 @@ identically (fex.metrics.faithfulness: deletion/insertion AUC, AOPC, ERASER comp
 sufficiency, faithfulness correlation). Several --checkpoint paths are training seeds of one
 explainer: each gets its own row (``fex[seed 0]``, ``fex[seed 1]``, ...) and a summary row ``fex`` with the mean
 (cost and quality) and the spread over seeds. ``NAME=PATH`` labels another explainer (e.g.
-``fex_small=outputs/bench/text_small_seed0/explainer.ckpt`` for ``policy=text_small``). Per-instance
+``fex_full=outputs/bench/text_full_seed0/explainer.ckpt`` for ``policy=text_encoder``). Per-instance
 methods (KernelShap(200), Lime(200), FeatureAblation, IntegratedGradients on the word embeddings,
 the Banzhaf oracle) run once. Snippets of a single word are skipped (KernelShap needs two or more
 features). Prints the table and the issue's targets relative to KernelShap(200), and writes
@@ -70,7 +70,7 @@ def targets(summary: dict, ks: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", nargs="+", default=[str(ROOT / "outputs/bench/text_seed0/explainer.ckpt")],
+    p.add_argument("--checkpoint", nargs="+", default=[str(ROOT / "outputs/bench/text_small_seed0/explainer.ckpt")],
                    help="explainer checkpoints: seeds of one explainer, or NAME=PATH for others")
     p.add_argument("--n", type=int, default=200, help="test snippets explained by every method")
     p.add_argument("--batch-size", type=int, default=64, help="explanations per timed batch")
