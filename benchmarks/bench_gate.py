@@ -217,9 +217,12 @@ def text_world(args) -> dict:
     from fex.targets.text import minilm_sentiment
     from fex.targets.text_proxy import minilm_proxy, text_proxy_info
 
+    def resolved(ck: dict, key: str) -> dict:  # a stored config with ${paths.cache_dir} = --cache-dir
+        cfg = OmegaConf.create({"paths": {"cache_dir": args.cache_dir}, key: stored(ck, key)})
+        return OmegaConf.to_container(cfg, resolve=True)[key]
+
     ckpt = read_checkpoint(args.checkpoint)
-    data_cfg = OmegaConf.to_container(OmegaConf.create(stored(ckpt, "data")), resolve=True)
-    target_cfg = OmegaConf.to_container(OmegaConf.create(stored(ckpt, "target")), resolve=True)
+    data_cfg, target_cfg = resolved(ckpt, "data"), resolved(ckpt, "target")
     del ckpt
     teacher = {k: v for k, v in target_cfg["model"].items() if k != "_target_"}
     if not str(target_cfg["model"].get("_target_", "")).endswith("minilm_sentiment"):
@@ -233,7 +236,7 @@ def text_world(args) -> dict:
                     name="fex.targets.text.minilm_sentiment", config=target_cfg)
     if args.proxy_checkpoint:  # the proxy the proxy-trained explainer was trained on
         pck = read_checkpoint(args.proxy_checkpoint)
-        proxy_kw = OmegaConf.to_container(OmegaConf.create(stored(pck, "target")), resolve=True)["model"]
+        proxy_kw = resolved(pck, "target")["model"]
         proxy_kw.pop("_target_", None)
         del pck
     else:
