@@ -214,10 +214,12 @@ def text_world(args) -> dict:
 
     from fex.data.text import load_splits
     from fex.explainer import read_checkpoint, stored
+    from fex.registry import check_stored
     from fex.targets.text import minilm_sentiment
     from fex.targets.text_proxy import minilm_proxy, text_proxy_info
 
     def resolved(ck: dict, key: str) -> dict:  # a stored config with ${paths.cache_dir} = --cache-dir
+        check_stored(key, stored(ck, key), f"checkpoint {ck.get('_path', '')}")  # never code from a checkpoint
         cfg = OmegaConf.create({"paths": {"cache_dir": args.cache_dir}, key: stored(ck, key)})
         return OmegaConf.to_container(cfg, resolve=True)[key]
 

@@ -171,6 +171,14 @@ def finetune_classifier(base: str | None, train_set, num_labels: int, epochs: fl
     return clf
 
 
+def target_cache_path(cache_dir: str | None, prefix: str, source: str, settings: dict) -> Path:
+    """``<cache>/targets/<prefix>_<source>_<hash of settings>``: one cached target per settings."""
+    from fex.data.text import default_cache_dir
+
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(cache_dir or default_cache_dir()).expanduser() / "targets" / f"{prefix}_{source.replace('/', '_').replace(':', '_')}_{key}"
+
+
 def minilm_sentiment(cache_dir: str | None = None, source: str = "rotten_tomatoes", seed: int = 0,
                      val_size: int = 1000, test_size: int = 1000, epochs: float = 1, batch_size: int = 32,
                      lr: float = 1e-4, max_length: int = 64, train_last_n_layers: int | None = None,
@@ -180,13 +188,12 @@ def minilm_sentiment(cache_dir: str | None = None, source: str = "rotten_tomatoe
     Trained on the train split of :func:`fex.data.text.load_splits` (same seed/sizes as the data
     config) and scored on the test split; the accuracy is printed and kept in ``fex_target.json``.
     """
-    from fex.data.text import default_cache_dir, load_splits
+    from fex.data.text import load_splits
 
     settings = {"source": source, "seed": seed, "val_size": val_size, "test_size": test_size, "epochs": epochs,
                 "batch_size": batch_size, "lr": lr, "max_length": max_length,
                 "train_last_n_layers": train_last_n_layers, "base": base, "version": 1}
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    root = Path(cache_dir or default_cache_dir()).expanduser() / "targets" / f"minilm_{source.replace('/', '_').replace(':', '_')}_{key}"
+    root = target_cache_path(cache_dir, "minilm", source, settings)
     meta_path = root / "fex_target.json"
     if not meta_path.is_file():
         splits, names = load_splits(source, cache_dir, val_size, test_size, seed)

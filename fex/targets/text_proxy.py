@@ -18,7 +18,6 @@ seconds spent. Only the MLP is cached; the embedding table is read again from th
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -176,11 +175,10 @@ def load_text_proxy(path: str | os.PathLike, base: str | None = None, hidden: in
 # --------------------------------------------------------------------------- the MiniLM proxy
 def text_proxy_path(cache_dir: str | None, settings: dict) -> Path:
     """Where a proxy with these settings is cached (``.pt``; its record is the ``.json`` beside it)."""
-    from fex.data.text import default_cache_dir
+    from fex.targets.text import target_cache_path
 
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    source = str(settings["teacher"].get("source", "rotten_tomatoes")).replace("/", "_").replace(":", "_")
-    return Path(cache_dir or default_cache_dir()).expanduser() / "targets" / f"minilm_proxy_{source}_{key}.pt"
+    source = str(settings["teacher"].get("source", "rotten_tomatoes"))
+    return target_cache_path(cache_dir, "minilm_proxy", source, settings).with_suffix(".pt")
 
 
 def _settings(seed: int, teacher: dict | None, masked_copies: int, mask_mode: str, mask_token: str | None,
