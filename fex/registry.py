@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from typing import Any, Callable
 
 from fex.errors import CheckpointError
@@ -70,6 +71,10 @@ DEFAULTS = {"objective": "fex.objective.FexObjective"}
 NESTED = {"policy": {"backbone": "backbone"}}
 # Hydra's special keys: never accepted in stored content (they would build or call things)
 _HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+
+# the one interpolation a stored config may hold: a machine path (``${paths.cache_dir}``), which
+# fex.explainer.portable leaves unresolved so another machine fills in its own
+_PATH_REF = re.compile(r"\$\{paths\.[A-Za-z_][A-Za-z0-9_]*\}")
 
 _USER: dict[str, dict[str, Callable]] = {g: {} for g in GROUPS}
 
@@ -134,10 +139,37 @@ def lookup(group: str, target: Any) -> Callable:
     return getattr(importlib.import_module(module), attr)
 
 
+def check_string(value: str, where: str) -> None:
+    """A stored string is data: no OmegaConf interpolation or resolver (``${oc.decode:...}``,
+    ``${oc.create:...}``, ``${oc.env:...}``, ``${other.key}``) except a whole ``${paths.NAME}``.
+    Resolving one would build or read whatever the file's author wrote."""
+    if "${" in _PATH_REF.sub("", value):
+        raise CheckpointError(f"{where}: stored configs may not hold interpolations ({value[:60]!r}); "
+                              "a checkpoint is data, nothing in it is resolved")
+
+
+def check_strings(value: Any, where: str) -> None:
+    """Every string and key at any depth of ``value`` passes :func:`check_string` (types are checked
+    where each part is used)."""
+    if isinstance(value, str):
+        check_string(value, where)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str):
+                check_string(k, f"{where} key")
+            check_strings(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_strings(v, f"{where}[{i}]")
+
+
 def check_plain(value: Any, where: str) -> None:
     """Refuse anything but JSON-like data (None, bool, int, float, str, lists and str-keyed dicts of them),
-    and any Hydra special key at any depth."""
-    if value is None or isinstance(value, (bool, int, str)):
+    any Hydra special key at any depth, and any interpolation but a whole ``${paths.NAME}``."""
+    if isinstance(value, str):
+        check_string(value, where)
+        return
+    if value is None or isinstance(value, (bool, int)):
         return
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
@@ -151,6 +183,7 @@ def check_plain(value: Any, where: str) -> None:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise CheckpointError(f"{where}: non-string key {k!r}")
+            check_string(k, f"{where} key")
             if k in _HYDRA_KEYS:
                 raise CheckpointError(f"{where}.{k}: stored configs may not nest {k} (nothing inside an argument is built)")
             check_plain(v, f"{where}.{k}")
@@ -210,6 +243,7 @@ def check_metadata(ckpt: dict, path: Any, max_version: int) -> dict:
     cfg = meta.get("config")
     if not isinstance(cfg, dict):
         raise CheckpointError(f"checkpoint {path}: its explainer config is missing or not a mapping")
+    check_strings(cfg, f"checkpoint {path}: config")  # no stored interpolation ever reaches OmegaConf
     for key in ("masker", "policy"):
         if not isinstance(cfg.get(key), dict):
             raise CheckpointError(f"checkpoint {path}: its config has no {key} section")
@@ -250,6 +284,18 @@ def check_stored(group: str, cfg: Any, where: str) -> None:
         if key == "model" and group == "target":
             for k, v in value.items():
                 if k != "_target_":
-                    check_plain(v, f"{group}.model.{k}")
+                    check_key(k, f"{where}: {group}.model")
+                    check_plain(v, f"{where}: {group}.model.{k}")
         elif key != "_target_":
-            check_plain(value, f"{group}.{key}")
+            check_key(key, f"{where}: {group}")
+            check_plain(value, f"{where}: {group}.{key}")
+
+
+def check_key(key: Any, where: str) -> None:
+    """A stored config's own key beside its ``_target_``: a string, not one of Hydra's special keys
+    (``_args_``, ``_partial_``, ...: they would change what gets called)."""
+    if not isinstance(key, str):
+        raise CheckpointError(f"{where}: non-string key {key!r}")
+    check_string(key, f"{where} key")
+    if key in _HYDRA_KEYS:
+        raise CheckpointError(f"{where}.{key}: Hydra's special keys are not allowed in a stored config")

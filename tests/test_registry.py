@@ -168,3 +168,81 @@ def test_class_count_is_checked_even_when_mismatch_is_allowed(tmp_path):
     declared = BlackBox(five_classes, num_classes=5)
     with pytest.raises(TargetError, match="target has 5 classes but the explainer explains 2"):
         ExplainerModule.from_checkpoint(path, target=declared, allow_target_mismatch=True)
+
+
+# --------------------------------------------------------------------------- stored data/target configs
+# Issue 21: the allowlist read raw strings, but the job then resolved OmegaConf interpolations, so a
+# stored value could build anything through a resolver. Each crafted value below must be refused when
+# the checkpoint is read (one line), before any job resolves or builds it, and write nothing.
+def stored_attacks(victim) -> dict:
+    spec = "{_target_: builtins.open, file: " + str(victim) + ", mode: w}"
+    return {
+        "data oc.decode": lambda c: c["data"].update(cache_dir="${oc.decode:'" + spec + "'}"),
+        "data oc.create": lambda c: c["data"].update(seed="${oc.create:'" + spec + "'}"),
+        "target.model oc.decode": lambda c: c["target"]["model"].update(cache_dir="${oc.decode:'" + spec + "'}"),
+        "target oc.env": lambda c: c["target"].update(output="${oc.env:HOME}"),
+        "masker interpolation": lambda c: c["masker"].update(baseline="${oc.decode:'" + spec + "'}"),
+        "paths ref wrapping a resolver": lambda c: c["data"].update(cache_dir="${oc.decode:${paths.cache_dir}}"),
+        "interpolated key": lambda c: c["data"].update({"${oc.decode:'" + spec + "'}": 1}),
+    }
+
+
+def with_stored_data_target(ckpt: dict) -> dict:
+    ckpt = copy.deepcopy(ckpt)
+    ckpt["fex"]["config"]["data"] = {"_target_": "fex.data.mnist.MNISTDataModule", "cache_dir": "${paths.cache_dir}",
+                                     "seed": 0, "num_classes": 2}
+    ckpt["fex"]["config"]["target"] = {"model": {"_target_": "fex.targets.mnist_cnn.pretrained_mnist_cnn",
+                                                 "cache_dir": "${paths.cache_dir}"}, "output": "logits"}
+    return ckpt
+
+
+@pytest.mark.parametrize("attack", list(stored_attacks("v")))
+def test_stored_interpolations_are_refused_when_read(tmp_path, attack):
+    from fex.explainer import read_checkpoint
+
+    victim = tmp_path / "victim"
+    ckpt = with_stored_data_target(good_ckpt())
+    stored_attacks(victim)[attack](ckpt["fex"]["config"])
+    path = save(tmp_path, ckpt)
+    with pytest.raises(CheckpointError, match="interpolation") as e:
+        read_checkpoint(path)
+    one_line_error(e)
+    assert not victim.exists()
+
+
+def test_machine_path_interpolations_still_load(tmp_path):
+    """``${paths.cache_dir}`` is what fex itself stores (fex.explainer.portable): still accepted."""
+    from fex.explainer import read_checkpoint
+
+    ckpt = read_checkpoint(save(tmp_path, with_stored_data_target(good_ckpt())))
+    assert ckpt["fex"]["config"]["data"]["cache_dir"] == "${paths.cache_dir}"
+
+
+@pytest.mark.parametrize("where", ["target.model", "data"])
+@pytest.mark.parametrize("key", ["_args_", "_partial_", "_recursive_", "_convert_"])
+def test_stored_special_keys_are_refused(where, key):
+    cfg = with_stored_data_target(good_ckpt())["fex"]["config"]
+    node = cfg["target"]["model"] if where == "target.model" else cfg["data"]
+    node[key] = ["/tmp/x"] if key == "_args_" else True
+    group = where.split(".")[0]
+    with pytest.raises(CheckpointError, match=key) as e:
+        R.check_stored(group, cfg[group], "checkpoint c.ckpt")
+    one_line_error(e)
+
+
+def test_crafted_data_config_never_reaches_a_job(tmp_path):
+    """End to end: the evaluate job on a checkpoint whose stored data config would open (truncate) a
+    file through ``oc.decode`` fails with one line, and the file is never created."""
+    from fex.errors import FexError
+    from fex.tasks.evaluate import evaluate
+    from tests.conftest import compose
+
+    victim = tmp_path / "victim"
+    ckpt = with_stored_data_target(good_ckpt())
+    stored_attacks(victim)["data oc.decode"](ckpt["fex"]["config"])
+    path = save(tmp_path, ckpt)
+    cfg = compose("evaluate", [f"checkpoint={path}", "allow_target_mismatch=true"], output_dir=str(tmp_path / "run"))
+    with pytest.raises(FexError) as e:
+        evaluate(cfg)
+    one_line_error(e)
+    assert not victim.exists()
