@@ -43,11 +43,12 @@ import torch
 
 import fex  # noqa: F401  (torchvision compat shim first)
 from fex import metrics as M
-from fex.baselines import FeatureAblation
+from fex.methods.baselines import FeatureAblation
 from fex.blackbox import BlackBox
 from fex.gate import Gate, Screen, conformal_threshold, fidelity
 from fex.io import write_json, write_text
 from fex.module import ExplainerModule
+from fex.render import markdown_table
 from fex.shifts import PermutedExplainer, invert_images, noise_images, replace_words, shuffle_words
 
 
@@ -131,8 +132,7 @@ COLUMNS = [("scenario", "scenario", "{}"), ("margin", "margin", "{}"), ("n", "n"
 
 
 def table(rows: list[dict]) -> str:
-    head = "| " + " | ".join(c[1] for c in COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
-    return head + "".join("| " + " | ".join(c[2].format(r[c[0]]) for c in COLUMNS) + " |\n" for r in rows)
+    return markdown_table([c[1] for c in COLUMNS], [[c[2].format(r[c[0]]) for c in COLUMNS] for r in rows]) + "\n"
 
 
 def thresholds(explainer, bb: BlackBox, x_val, gate: Gate, margins, alpha: float, batch_size: int,
@@ -213,7 +213,7 @@ def text_world(args) -> dict:
     from omegaconf import OmegaConf
 
     from fex.data.text import load_splits
-    from fex.explainer import read_checkpoint, stored
+    from fex.checkpoint import read_checkpoint, stored
     from fex.registry import check_stored
     from fex.targets.text import minilm_sentiment
     from fex.targets.text_proxy import minilm_proxy, text_proxy_info
@@ -363,14 +363,16 @@ def main() -> None:
             c["proxy_cost_fraction_training_only"] = c["proxy_distillation"] / direct_q
         result["proxy"] = p
         fd, fp = p["fidelity"]["direct"], p["fidelity"]["proxy"]
-        md.append(f"\nProxy-trained explainer on the real target (test {noun}):\n\n| explainer | del. AUC | ins. AUC | fid (1 - del/p) | fid (ins/p) |\n|---|---|---|---|---|\n")
-        for k, v in p["fidelity"].items():
-            md.append(f"| {k} | {v['deletion_auc']:.3f} | {v['insertion_auc']:.3f} | {v['fid_deletion']:.3f} | {v['fid_insertion']:.3f} |\n")
+        md.append(f"\nProxy-trained explainer on the real target (test {noun}):\n\n")
+        md.append(markdown_table(["explainer", "del. AUC", "ins. AUC", "fid (1 - del/p)", "fid (ins/p)"],
+                                 [[k, f"{v['deletion_auc']:.3f}", f"{v['insertion_auc']:.3f}", f"{v['fid_deletion']:.3f}",
+                                   f"{v['fid_insertion']:.3f}"] for k, v in p["fidelity"].items()]) + "\n")
         md.append(f"\nproxy / direct fidelity: deletion {fp['fid_deletion'] / fd['fid_deletion']:.3f}, insertion "
                   f"{fp['fid_insertion'] / fd['fid_insertion']:.3f}\n\nScreens on the real target (fidelity >= {args.ratio} x "
-                  "FeatureAblation's? alpha 0.05, N <= 50):\n\n| explainer | metric | decision | inputs | queries | fidelity ratio |\n|---|---|---|---|---|---|\n")
-        for k, v in p["screen"].items():
-            md.append(f"| {k.split('_')[0]} | {v['metric']} | {v['decision']} | {v['n']} | {v['queries']} | {v['ratio_estimate']:.3f} |\n")
+                  "FeatureAblation's? alpha 0.05, N <= 50):\n\n")
+        md.append(markdown_table(["explainer", "metric", "decision", "inputs", "queries", "fidelity ratio"],
+                                 [[k.split("_")[0], v["metric"], v["decision"], v["n"], v["queries"],
+                                   f"{v['ratio_estimate']:.3f}"] for k, v in p["screen"].items()]) + "\n")
         md.append("\nCost in real-target queries:\n\n" + "\n".join(f"- {k}: {v}" for k, v in c.items()) + "\n")
         md.append("\nGate on the proxy-trained explainer (in distribution):\n\n" + table([p["gate"], p["gate_cheap"]]))
     text = "".join(md)

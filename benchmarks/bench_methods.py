@@ -35,11 +35,12 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from fex import compare  # noqa: E402
 from fex import metrics as M  # noqa: E402
-from fex.baselines import Fex  # noqa: E402
+from fex.methods.baselines import Fex  # noqa: E402
 from fex.blackbox import BlackBox  # noqa: E402
 from fex.io import write_json, write_text  # noqa: E402
 from fex.methods.nullcheck import IgnoreFeatures  # noqa: E402
-from fex.tasks.common import build_blackbox, build_data, conf_dir  # noqa: E402
+from fex.render import markdown_table  # noqa: E402
+from fex.config import build_blackbox, build_data, conf_dir  # noqa: E402
 
 METHODS = ("fex,kernel_shap,lime,feature_ablation,shapley_sampling,banzhaf,integrated_gradients,psig,rise,rloco,"
            "spex,proxyspex,random")
@@ -130,18 +131,18 @@ def _n(v, spec: str = ".0f") -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| method | question it answers | queries/expl | target fwd/expl | target bwd/expl | policy calls/expl "
-            "| fit queries | ms/expl | peak MiB | deletion AUC | insertion AUC | null-feature share (mean, max) |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    head = ["method", "question it answers", "queries/expl", "target fwd/expl", "target bwd/expl", "policy calls/expl",
+            "fit queries", "ms/expl", "peak MiB", "deletion AUC", "insertion AUC", "null-feature share (mean, max)"]
+    lines = []
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | failed: {r['error'][:80]} |" + " |" * (head.count("|") - 3))
+            lines.append([r["method"], f"failed: {r['error'][:80]}"])
             continue
-        lines.append(f"| {r['method']} | {r['question']} | {r['queries_per_expl']:.0f} | {_n(r['forward_passes'])} "
-                     f"| {_n(r['backward_passes'])} | {_n(r['policy_calls'], '.3g')} | {r['fit_queries']} "
-                     f"| {r['sec_per_expl'] * 1e3:.3g} | {r['peak_mem_mib']:.1f} | {r['deletion_auc']:.4f} "
-                     f"| {r['insertion_auc']:.4f} | {r['null_feature']:.3f}, {r['null_feature_max']:.3f} |")
-    return "\n".join(lines)
+        lines.append([r["method"], r["question"], f"{r['queries_per_expl']:.0f}", _n(r["forward_passes"]),
+                      _n(r["backward_passes"]), _n(r["policy_calls"], ".3g"), r["fit_queries"],
+                      f"{r['sec_per_expl'] * 1e3:.3g}", f"{r['peak_mem_mib']:.1f}", f"{r['deletion_auc']:.4f}",
+                      f"{r['insertion_auc']:.4f}", f"{r['null_feature']:.3f}, {r['null_feature_max']:.3f}"])
+    return markdown_table(head, lines)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from fex.io import write_json, write_text
+from fex.render import markdown_table
 from fex.tda import ExactSolver, FeatureSampler, FullSampler, Influence, LissaSolver, LogitSampler, LossModel, UniformSampler
 from fex.tda.evaluation import (class_removal, detection_rate, fit_softmax, flip_labels, hessian_error, spearman)
 
@@ -128,16 +129,14 @@ def retrain_cnn(x, y, epochs, seed=0):
     from torch.utils.data import DataLoader
 
     from fex.data.mnist import IndexedTensorDataset
-    from fex.targets.mnist_cnn import SmallCNN, _Classifier
+    from fex.targets.classifier import fit
+    from fex.targets.mnist_cnn import SmallCNN, mnist_classifier
 
     pl.seed_everything(seed, workers=True)
     model = SmallCNN()
     model(torch.zeros(1, 1, 28, 28))
     loader = DataLoader(IndexedTensorDataset(x, y), batch_size=64, shuffle=True)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=False)
-    trainer.fit(_Classifier(model, 2e-3), train_dataloaders=loader)
-    return model.eval()
+    return fit(mnist_classifier(model, 2e-3), epochs=epochs, train_dataloaders=loader)
 
 
 def section_mislabel(name, size, damping, limit, epochs, lissa_depth):
@@ -274,9 +273,7 @@ def section_timing(name, ref_size, grid, seeds, damping, limit, solver, depth):
 def md(rows, cols):
     def f(v):
         return f"{v:.3g}" if isinstance(v, float) else str(v)
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(f(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(out)
+    return markdown_table(cols, [[f(r.get(c, "")) for c in cols] for r in rows])
 
 
 def main(argv=None):

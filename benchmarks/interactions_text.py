@@ -30,10 +30,11 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from fex.config import build_blackbox, build_data, conf_dir  # noqa: E402
 from fex.io import write_json, write_text  # noqa: E402
 from fex.methods.interactions_html import interaction_block, write_interactions_html  # noqa: E402
 from fex.methods.spex import SpexInteractions  # noqa: E402
-from fex.tasks.common import build_blackbox, build_data, conf_dir  # noqa: E402
+from fex.render import markdown_table  # noqa: E402
 
 NEGATIONS = ("not", "never", "n't")
 
@@ -89,11 +90,11 @@ def main(argv: list[str] | None = None) -> dict:
         write_interactions_html(out_dir / "interactions.html", blocks, title="SPEX word interactions (MiniLM sentiment)",
                                 intro=intro)
         write_json(out_dir / "results.json", {"summary": summary, "rows": rows})
-        md = ["| snippets | budget | mean queries (min-max) | mean words | negation in top-%d pairs | random pairs |" % a.top,
-              "|---|---|---|---|---|---|",
-              f"| {n} | {a.budget} | {summary['queries_mean']:.0f} ({summary['queries_min']}-{summary['queries_max']}) "
-              f"| {summary['words_mean']:.1f} | {frac:.1%} | {chance:.1%} |"]
-        write_text(out_dir / "summary.md", "\n".join(md) + "\n")
+        md = markdown_table(["snippets", "budget", "mean queries (min-max)", "mean words",
+                             f"negation in top-{a.top} pairs", "random pairs"],
+                            [[n, a.budget, f"{summary['queries_mean']:.0f} ({summary['queries_min']}-{summary['queries_max']})",
+                              f"{summary['words_mean']:.1f}", f"{frac:.1%}", f"{chance:.1%}"]])
+        write_text(out_dir / "summary.md", md + "\n")
         return summary
 
     rows, blocks, summary = [], [], {}

@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import fex  # noqa: E402,F401  (compat shims first)
+from fex.render import markdown_table  # noqa: E402
 from fex.serve.process import ServerProcess  # noqa: E402
 
 TARGETS = {"mnist_p99_ms_at_100": 25.0, "mnist_batched_expl_per_s": 1000.0, "text_p99_ms_at_20": 150.0}
@@ -71,7 +72,7 @@ def build_checkpoint(path: Path, overrides: list[str]) -> str:
     from hydra import compose, initialize_config_dir
 
     from fex.explainer import build_explainer, save_explainer
-    from fex.tasks.common import build_blackbox, build_data, conf_dir
+    from fex.config import build_blackbox, build_data, conf_dir
 
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, f"output_dir={path.parent}"])
@@ -211,12 +212,10 @@ def export_check(checkpoint: str, out: Path, name: str) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| scenario | rate (req/s) | sent | failed | p50 ms | p95 ms | p99 ms | req/s | expl/s |"
-    lines = [head, "|" + "---|" * 9]
-    for r in rows:
-        lines.append(f"| {r['scenario']} | {r['rate']:g} | {r['sent']} | {r['failed']} | {r['p50_ms']:.1f} | "
-                     f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['req_per_s']:.1f} | {r['expl_per_s']:.0f} |")
-    return "\n".join(lines)
+    return markdown_table(["scenario", "rate (req/s)", "sent", "failed", "p50 ms", "p95 ms", "p99 ms", "req/s", "expl/s"],
+                          [[r["scenario"], f"{r['rate']:g}", r["sent"], r["failed"], f"{r['p50_ms']:.1f}",
+                            f"{r['p95_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['req_per_s']:.1f}", f"{r['expl_per_s']:.0f}"]
+                           for r in rows])
 
 
 def verdicts(rows: list[dict]) -> list[str]:

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's fex, also when another one is i
 
 import fex  # noqa: F401,E402  (torchvision shim before lightning)
 import fex.io  # noqa: E402
+from fex.render import markdown_table  # noqa: E402
 import torch  # noqa: E402
 
 # name -> (description, overrides, masks per training input per epoch)
@@ -115,8 +116,8 @@ def run_ceiling(out: Path, a: argparse.Namespace) -> dict:
 
     from fex import metrics as M
     from fex.bench import compose
-    from fex.baselines import Banzhaf
-    from fex.tasks.common import build_blackbox, build_data
+    from fex.methods.baselines import Banzhaf
+    from fex.config import build_blackbox, build_data
 
     done = out / "ceiling" / "result.json"
     if done.is_file():
@@ -187,12 +188,12 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rows = [run_ceiling(out, a) if v == "ceiling" else adopt_run(v, Path(adopted[v]), out) if v in adopted
             else run_variant(v, out, a) for v in a.variants.split(",") if v]
-    lines = ["| variant | what | training queries | best val deletion AUC | its val insertion AUC |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['variant']} | {r['description']} | {r['train_queries']:.0f} | "
-                     f"{r['best_val_deletion_auc'] if r['best_val_deletion_auc'] is None else format(r['best_val_deletion_auc'], '.4f')} | "
-                     f"{r['best_val_insertion_auc'] if r['best_val_insertion_auc'] is None else format(r['best_val_insertion_auc'], '.4f')} |")
-    table = "\n".join(lines)
+    def auc(v):
+        return v if v is None else format(v, ".4f")
+
+    table = markdown_table(["variant", "what", "training queries", "best val deletion AUC", "its val insertion AUC"],
+                           [[r["variant"], r["description"], f"{r['train_queries']:.0f}", auc(r["best_val_deletion_auc"]),
+                             auc(r["best_val_insertion_auc"])] for r in rows])
     fex.io.write_text(out / "report.md", table + "\n")
     fex.io.write_json(out / "objectives.json", rows)
     plot(rows, out / "learning_curves.png")

@@ -9,11 +9,13 @@ from fex.compat import patch_torchvision_ops
 
 patch_torchvision_ops()  # before anything imports pytorch_lightning -> torchmetrics -> torchvision
 
+from fex import gate  # noqa: E402,F401  (installs the trust gate behind explain(verify=...))
 from fex.blackbox import BlackBox  # noqa: E402
-from fex.errors import CheckpointError  # noqa: E402, DataError, FexError, InputError, TargetError, TargetMismatchError
+from fex.errors import (CheckpointError, DataError, FexError, InputError, TargetError,  # noqa: E402
+                        TargetMismatchError)
 from fex.explainer import build_explainer, load_explainer  # noqa: E402
 from fex.module import ExplainerModule  # noqa: E402
+from fex.version import __version__  # noqa: E402,F401
 
 __all__ = ["BlackBox", "ExplainerModule", "build_explainer", "load_explainer", "FexError", "InputError", "TargetError",
            "CheckpointError", "TargetMismatchError", "DataError"]
-__version__ = "0.1.0"

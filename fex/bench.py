@@ -16,27 +16,18 @@ import torch
 
 from fex import compare
 from fex import metrics as M
-from fex.explainer import load_explainer, read_checkpoint
-from fex.tasks.common import build_blackbox, build_data, conf_dir, with_checkpoint_defaults
-
-
-def compose(config_name: str, overrides: list[str]):
-    """A packaged config composed as Hydra would (no Hydra run: set ``output_dir`` yourself)."""
-    from hydra import compose as _compose, initialize_config_dir
-
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return _compose(config_name, overrides)
+from fex.config import build_data, compose  # noqa: F401 (compose: the benchmarks' config composer)
+from fex.explainer import open_checkpoint
+from fex.methods import build_methods
+from fex.tasks.train import train
 
 
 def load(checkpoint: str, methods: str, overrides: list[str]):
     """(cfg, blackbox, explainer, test dataset): the checkpoint read once, its data and target."""
     cfg = compose("evaluate", [f"checkpoint={checkpoint}", f"method=[{methods}]", "output_dir=.", *overrides])
-    ckpt = read_checkpoint(checkpoint)
-    cfg = with_checkpoint_defaults(cfg, ckpt)
-    bb = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
-    explainer = load_explainer(ckpt, target=bb, allow_target_mismatch=bool(cfg.allow_target_mismatch))
+    cfg, explainer = open_checkpoint(cfg)
     ds = build_data(cfg.data).dataset(cfg.split)
-    return cfg, bb, explainer, ds
+    return cfg, explainer.blackbox, explainer, ds
 
 
 def first_inputs(ds: Any, n: int, masker: Any) -> Any:
@@ -48,8 +39,6 @@ def bench(cfg, bb, explainer, x: Any, batch_size: int, reference: str = "kernel_
           methods: dict | None = None) -> list[dict]:
     """The side-by-side run: rows with cost, quality and ratios to ``reference``. ``methods`` (name ->
     method or zero-argument factory) defaults to the config's ``method`` group bound to ``explainer``."""
-    from fex.tasks.evaluate import build_methods
-
     with bb.uncounted():
         target = bb(x).argmax(-1)  # the explained class: the prediction, once for every method
     methods = build_methods(cfg, bb, explainer) if methods is None else methods
@@ -99,8 +88,6 @@ def read_training_curve(metrics_csv: str | Path) -> list[dict]:
 
 def train_explainer(grid: int, out: Path, epochs: int, val_per_epoch: int, limit: int | None) -> dict:
     """Train an explainer for a ``grid`` x ``grid`` patch masker; training cost and curve."""
-    from fex.tasks.train import train
-
     cfg = compose("train", [o for o in train_overrides(grid, out, epochs, val_per_epoch, limit)
                             if not o.startswith("hydra.")])
     metrics, _ = train(cfg)

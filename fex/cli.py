@@ -15,8 +15,12 @@ from typing import Any, Callable
 import hydra
 from omegaconf import DictConfig
 
-from fex.launch import precheck
-from fex.tasks.common import conf_dir
+from fex.config import conf_dir
+from fex.launch import precheck, run
+from fex.tasks.evaluate import evaluate
+from fex.tasks.explain import explain
+from fex.tasks.tda import tda
+from fex.tasks.train import train
 
 os.environ.setdefault("WANDB_MODE", "offline")  # never reach for the network unless asked
 CONF = str(conf_dir())
@@ -24,16 +28,12 @@ CONF = str(conf_dir())
 
 def _run(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """fex and disk errors: one line, exit 2; a run dir the failed run created and left empty is removed."""
-    from fex.launch import run
-
     return run(task, cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="train")
 def train_app(cfg: DictConfig) -> float:
     """Train an explainer (``conf/train.yaml``); returns the best validation reward for sweepers."""
-    from fex.tasks.train import train
-
     metrics, _ = _run(train, cfg)
     return metrics.get("best/val/faithfulness", metrics.get("val/faithfulness", float("nan")))  # sweeper objective
 
@@ -41,24 +41,18 @@ def train_app(cfg: DictConfig) -> float:
 @hydra.main(version_base="1.3", config_path=CONF, config_name="evaluate")
 def evaluate_app(cfg: DictConfig) -> None:
     """Batch attribution and the comparison against baselines (``conf/evaluate.yaml``)."""
-    from fex.tasks.evaluate import evaluate
-
     _run(evaluate, cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="explain")
 def explain_app(cfg: DictConfig) -> None:
     """Explain the user's files or one text with a checkpoint (``conf/explain.yaml``)."""
-    from fex.tasks.explain import explain
-
     _run(explain, cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONF, config_name="tda")
 def tda_app(cfg: DictConfig) -> None:
     """Which training examples made these predictions: influence functions (``conf/tda.yaml``)."""
-    from fex.tasks.tda import tda
-
     _run(tda, cfg)
 
 

@@ -10,7 +10,7 @@ Cost, per method:
 - ``sec_per_expl``: median over batches of (batch wall time / batch size), after one
   warm-up example per method (lazy initialisation is not charged).
 - ``forward_passes`` / ``backward_passes``: rows evaluated forward / back-propagated through the
-  target (``nn.Module`` targets; :class:`fex.methods.cost.PassCounter`) per explanation: a query is
+  target (``nn.Module`` targets; :class:`fex.cost.PassCounter`) per explanation: a query is
   one forward row, an IG step one forward and one backward row. ``policy_calls``: batched forward
   calls of an amortized explainer's policy per explanation (FEX: one per batch).
 - ``peak_mem_mib``: peak resident memory *increase* while the method explains one batch.
@@ -21,63 +21,21 @@ Cost, per method:
 """
 from __future__ import annotations
 
-import ctypes
-import gc
 import statistics
 import time
-import tracemalloc
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
 from fex import metrics as M
+from fex import render
 from fex.blackbox import BlackBox
+from fex.cost import PassCounter, PeakMemory, method_modules  # noqa: F401 (PeakMemory: re-exported)
 from fex.maskers.base import Masker
 
 QUALITY_KEYS = ("deletion_auc", "insertion_auc", "aopc", "comprehensiveness", "sufficiency", "faithfulness_corr")
 HIGHER_IS_BETTER = {"deletion_auc": False, "insertion_auc": True, "aopc": True, "comprehensiveness": True,
                     "sufficiency": False, "faithfulness_corr": True}
-
-
-# --------------------------------------------------------------------------- memory
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-class PeakMemory:
-    """Context manager measuring the peak memory increase (MiB) of the enclosed code."""
-
-    def __init__(self) -> None:
-        self.mib = 0.0
-        self.method = "rss-hwm"
-
-    def __enter__(self) -> "PeakMemory":
-        gc.collect()
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
-            self._base = _status_kib("VmRSS")
-            if self._base is None:
-                raise OSError
-        except (OSError, AttributeError):
-            self.method = "tracemalloc"
-            tracemalloc.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.method == "tracemalloc":
-            self.mib = tracemalloc.get_traced_memory()[1] / 2**20
-            tracemalloc.stop()
-        else:
-            self.mib = max(0, (_status_kib("VmHWM") or 0) - self._base) / 1024
 
 
 # --------------------------------------------------------------------------- running
@@ -93,8 +51,6 @@ def explain_all(method: Any, masker: Masker, x: Any, target: torch.Tensor, batch
     dev = masker.device_of(x)
     if warmup:
         method.attribute(masker.select(x, torch.tensor([0], device=dev)), target[:1])
-    from fex.methods.cost import PassCounter, method_modules
-
     target_module, policy = method_modules(method)
     times, scores, mem, mem_method = [], [], 0.0, "none"
     with bb.counting() as queries, PassCounter(target_module) as passes, PassCounter(policy) as pol:
@@ -213,21 +169,23 @@ def _fmt(v: Any, spec: str) -> str:
 
 def markdown_table(rows: list[dict], reference: str = "kernel_shap") -> str:
     """Markdown table of cost and quality (ratios relative to ``reference`` where present)."""
-    head = ("| method | ms/expl | queries/expl | peak MiB | deletion AUC (lower better) | insertion AUC | AOPC "
-            "| comprehensiveness | sufficiency | faithfulness corr | speedup vs {r} | queries vs {r} | mem vs {r} "
-            "| deletion vs {r} | insertion vs {r} |").format(r=reference)
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    head = [h.format(r=reference) for h in (
+        "method", "ms/expl", "queries/expl", "peak MiB", "deletion AUC (lower better)", "insertion AUC", "AOPC",
+        "comprehensiveness", "sufficiency", "faithfulness corr", "speedup vs {r}", "queries vs {r}", "mem vs {r}",
+        "deletion vs {r}", "insertion vs {r}")]
+    out = []
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | failed: {r['error'][:80]} |" + " |" * (head.count("|") - 3))
+            out.append([r["method"], f"failed: {r['error'][:80]}"])
             continue
+
         def pm(k: str, r: dict = r) -> str:  # mean +- spread across training seeds, where there are several
             return f"{r[k]:.4f}" + (f" ± {r[k + '_std']:.4f}" if f"{k}_std" in r else "")
 
-        lines.append(
-            f"| {r['method']} | {r['sec_per_expl'] * 1e3:.3g} | {r['queries_per_expl']:.0f} | {_fmt(r['peak_mem_mib'], '.1f')} "
-            f"| {pm('deletion_auc')} | {pm('insertion_auc')} | {r['aopc']:.4f} | {r['comprehensiveness']:.4f} "
-            f"| {r['sufficiency']:.4f} | {r['faithfulness_corr']:.3f} | {_fmt(r.get('speedup_vs_ref'), '.3g')}x "
-            f"| {_fmt(r.get('queries_vs_ref'), '.3g')} | {_fmt(r.get('mem_vs_ref'), '.3g')} "
-            f"| {_fmt(r.get('deletion_vs_ref'), '.3f')} | {_fmt(r.get('insertion_vs_ref'), '.3f')} |")
-    return "\n".join(lines)
+        out.append([r["method"], f"{r['sec_per_expl'] * 1e3:.3g}", f"{r['queries_per_expl']:.0f}",
+                    _fmt(r["peak_mem_mib"], ".1f"), pm("deletion_auc"), pm("insertion_auc"), f"{r['aopc']:.4f}",
+                    f"{r['comprehensiveness']:.4f}", f"{r['sufficiency']:.4f}", f"{r['faithfulness_corr']:.3f}",
+                    f"{_fmt(r.get('speedup_vs_ref'), '.3g')}x", _fmt(r.get("queries_vs_ref"), ".3g"),
+                    _fmt(r.get("mem_vs_ref"), ".3g"), _fmt(r.get("deletion_vs_ref"), ".3f"),
+                    _fmt(r.get("insertion_vs_ref"), ".3f")])
+    return render.markdown_table(head, out)

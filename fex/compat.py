@@ -13,6 +13,8 @@ import importlib.util
 
 import torch
 
+from fex.errors import FexError
+
 _SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -47,8 +49,6 @@ def patch_torchvision_ops() -> bool:
 
 def import_torchvision():
     """Import torchvision lazily, with a clear error when the `vision` extra is missing."""
-    from fex.errors import FexError
-
     if importlib.util.find_spec("torchvision") is None:
         raise FexError("this needs torchvision: pip install 'fex[vision]' (with your torch)")
     patch_torchvision_ops()

@@ -1,21 +1,10 @@
-"""The explainer's one builder and one loader. The checkpoint *is* the explainer.
+"""A job's explainer: built from a job config, opened from a checkpoint, saved as one.
 
-``build_component`` is the only place a stored config (masker, policy, backbone, objective)
-becomes an object. ``build_explainer`` assembles an :class:`~fex.module.ExplainerModule`
-from a job config (train, tests); ``load_explainer`` rebuilds it from a checkpoint alone.
-
-Checkpoint format 2 (``ckpt["fex"]``), everything a job needs besides the target's weights::
-
-    version      2
-    fex_version  the fex that wrote it
-    config       masker, policy (with backbone), objective (with _target_): rebuild the explainer
-                 data, target: the configs it was trained with (jobs use them as defaults)
-                 num_classes, class_names
-    target       the target's fingerprint (name, config, sha256 of its weights)
-    train_queries black-box queries spent in training so far (restored on resume)
-
-Format 1 (fex 0.1: no objective ``_target_``, optional data/target) still loads; a job
-that needs a data or target config it lacks fails with one line saying what to pass.
+``build_explainer`` assembles an :class:`~fex.module.ExplainerModule` from a job config (train,
+tests); ``open_checkpoint`` is how every job that starts from a checkpoint (evaluate, explain, the
+benchmarks, serve) gets its config, black box and explainer; ``save_explainer`` writes the final
+explainer, once. What a checkpoint holds and how it is read: :mod:`fex.checkpoint`; how it becomes a
+module again: :func:`fex.module.load_explainer`.
 """
 from __future__ import annotations
 
@@ -26,53 +15,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fex.blackbox import BlackBox
-from fex.errors import CheckpointError, ConfigError
+from fex.checkpoint import (CKPT_KEY, CKPT_VERSION, OBJECTIVE_TARGET, assemble, build_component,  # noqa: F401
+                            checkpoint_meta, portable, read_checkpoint, stored, upgrade)
+from fex.config import build, build_blackbox, to_dict, with_checkpoint_defaults
+from fex.errors import ConfigError
+from fex.io import atomic_write
+from fex.module import ExplainerModule, load_explainer
 
-CKPT_KEY = "fex"
-CKPT_VERSION = 2
-OBJECTIVE_TARGET = "fex.objective.FexObjective"
+__all__ = ["build_explainer", "open_checkpoint", "explainer_for", "save_explainer", "load_explainer",
+           "read_checkpoint", "class_names"]
 
 
 # --------------------------------------------------------------------------- building
-def build_component(group: str, cfg: dict, **kwargs: Any) -> Any:
-    """A stored config of ``group`` (masker | backbone | policy | objective) -> the object.
-
-    Every explainer component is built here and nowhere else, through the allowlist of
-    :mod:`fex.registry` (never ``hydra.utils.instantiate``): a checkpoint is data. Your own
-    masker/backbone/policy class needs ``fex.registry.register(MyClass)`` first."""
-    from fex.registry import safe_build
-
-    return safe_build(group, cfg, **kwargs)
-
-
-def assemble(config: dict) -> tuple[Any, Any, Any]:
-    """(masker, policy, objective) from the stored ``config`` (plain dicts)."""
-    masker = build_component("masker", config["masker"])
-    pcfg = dict(config["policy"])
-    backbone = build_component("backbone", pcfg.pop("backbone"))
-    policy = build_component("policy", pcfg, backbone=backbone)
-    objective = build_component("objective", config.get("objective") or {"_target_": OBJECTIVE_TARGET})
-    return masker, policy, objective
-
-
-def portable(node: Any) -> Any:
-    """A config node as a plain container, resolved, except machine paths (``${paths.*}``),
-    which stay interpolations so another machine fills in its own."""
-    if not isinstance(node, DictConfig):
-        return node
-    raw = OmegaConf.to_container(node, resolve=False)
-    res = OmegaConf.to_container(node, resolve=True)
-
-    def walk(r: Any, v: Any) -> Any:
-        if isinstance(r, dict):
-            return {k: walk(r[k], v[k]) for k in r}
-        if isinstance(r, list):
-            return [walk(a, b) for a, b in zip(r, v)]
-        return r if isinstance(r, str) and "${paths." in r else v
-
-    return walk(raw, res)
-
-
 def class_names(datamodule: Any, num_classes: int) -> list[str]:
     """The data's class names (``label_names`` / ``class_names``, read after ``setup``), else "0".."C-1"."""
     if datamodule is not None and hasattr(datamodule, "label_names") and datamodule.label_names is None:
@@ -86,9 +40,6 @@ def build_explainer(cfg: DictConfig | dict, datamodule: Any = None, blackbox: Bl
     """Job config (``masker``, ``policy``, ``objective``, ``optimizer``, ``data``, ``target``,
     ``num_classes``) -> :class:`~fex.module.ExplainerModule` whose stored config makes its
     checkpoint self-describing. ``masker.baseline=mean`` takes its fill from ``datamodule``."""
-    from fex.module import ExplainerModule
-    from fex.tasks.common import build, to_dict
-
     if isinstance(cfg, dict):
         cfg = OmegaConf.create(cfg)
     masker_cfg = to_dict(cfg.masker)
@@ -110,99 +61,35 @@ def build_explainer(cfg: DictConfig | dict, datamodule: Any = None, blackbox: Bl
                            scheduler=scheduler)
 
 
-# --------------------------------------------------------------------------- checkpoints
-def checkpoint_meta(module: Any) -> dict:
-    """``ckpt["fex"]`` for ``module`` (see the module docstring)."""
-    from fex import __version__
-
-    bb = module.blackbox
-    from fex.module import fixed_num_features
-
-    return {"version": CKPT_VERSION, "fex_version": __version__, "config": module.config,
-            "target": bb.fingerprint() if bb is not None else module._saved_fingerprint,
-            "num_features": fixed_num_features(module.masker), "num_classes": int(module.policy.num_classes),
-            "train_queries": int(module._train_queries)}
+# --------------------------------------------------------------------------- opening a checkpoint
+def explainer_for(cfg: DictConfig | dict, ckpt: dict) -> ExplainerModule:
+    """The explainer of ``ckpt`` (:func:`~fex.checkpoint.read_checkpoint`) with the black box of the resolved
+    job config attached: ``cfg.target`` built for ``cfg.num_classes`` and checked against the saved
+    fingerprint unless ``cfg.allow_target_mismatch``."""
+    if isinstance(cfg, dict):
+        cfg = OmegaConf.create(cfg)
+    blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
+    return load_explainer(ckpt, target=blackbox, allow_target_mismatch=bool(cfg.get("allow_target_mismatch", False)))
 
 
-def save_explainer(module: Any, path: str | os.PathLike) -> str:
-    """Write ``module`` as a (weights-only) fex checkpoint, atomically."""
-    from fex.io import atomic_write
+def open_checkpoint(cfg: DictConfig) -> tuple[DictConfig, ExplainerModule]:
+    """The one way a job opens ``cfg.checkpoint``: read it once (failing fast, before any target is
+    built), fill the job's ``data``/``target`` from the configs it stored
+    (:func:`fex.config.with_checkpoint_defaults`), build the black box and load the explainer with it
+    attached. Returns (the completed config, the explainer; its black box is ``explainer.blackbox``)."""
+    ckpt = read_checkpoint(str(cfg.checkpoint))
+    cfg = with_checkpoint_defaults(cfg, ckpt)
+    return cfg, explainer_for(cfg, ckpt)
 
+
+# --------------------------------------------------------------------------- saving
+def save_explainer(module: Any, path: str | os.PathLike, train_queries: int | None = None) -> str:
+    """Write ``module`` as a (weights-only) fex checkpoint, atomically: the final explainer, without
+    Lightning's training state or the reward bank. ``train_queries`` overrides the recorded training
+    cost (default: the module's count so far)."""
+    meta = checkpoint_meta(module)
+    if train_queries is not None:
+        meta["train_queries"] = int(train_queries)
     with atomic_write(path) as fh:
-        torch.save({"state_dict": module.state_dict(), CKPT_KEY: checkpoint_meta(module)}, fh)
+        torch.save({"state_dict": module.state_dict(), CKPT_KEY: meta}, fh)
     return os.fspath(path)
-
-
-def upgrade(meta: dict, path: str) -> dict:
-    """A format-1 ``ckpt["fex"]`` in format-2 shape (missing fields stay missing)."""
-    version = meta.get("version")
-    if version == CKPT_VERSION:
-        return meta
-    if version != 1:
-        raise CheckpointError(f"checkpoint {path} has format {version!r}; this fex ({CKPT_VERSION}) reads 1 and 2: "
-                              "upgrade fex or retrain the explainer")
-    config = dict(meta.get("config") or {})
-    config["objective"] = {"_target_": OBJECTIVE_TARGET, **(config.get("objective") or {})}
-    return {**meta, "version": CKPT_VERSION, "fex_version": None, "config": config, "upgraded_from": 1}
-
-
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """torch.load an fex checkpoint once, with one-line errors; ``ckpt["fex"]`` in format 2."""
-    path = os.path.expanduser(os.fspath(path))
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__})") from exc
-    if not isinstance(ckpt, dict) or CKPT_KEY not in ckpt or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} is not an fex explainer checkpoint")
-    from fex.registry import check_metadata
-
-    check_metadata(ckpt, path, CKPT_VERSION)  # one-line errors for a malformed or newer "fex" entry
-    ckpt[CKPT_KEY] = upgrade(ckpt[CKPT_KEY], path)
-    ckpt["_path"] = path
-    return ckpt
-
-
-def stored(ckpt: dict, key: str) -> Any:
-    """A config the checkpoint recorded (``data``, ``target``, ``num_classes``, ``class_names``) or a one-line error."""
-    value = ckpt[CKPT_KEY]["config"].get(key)
-    if value is None:
-        raise CheckpointError(f"checkpoint {ckpt.get('_path', '')} (format 1) does not record its {key} config; "
-                              f"pass {key}=... on the command line, or retrain it with this fex")
-    return value
-
-
-def load_explainer(source: str | os.PathLike | dict, target: Any = None, allow_target_mismatch: bool = False,
-                   map_location: Any = "cpu"):
-    """Rebuild an explainer from its checkpoint alone (a path, or the dict of :func:`read_checkpoint`)
-    and attach ``target`` (nn.Module, callable or BlackBox), checked against the saved fingerprint:
-    a mismatch raises :class:`~fex.errors.TargetMismatchError` unless ``allow_target_mismatch``."""
-    from fex.module import ExplainerModule
-
-    ckpt = source if isinstance(source, dict) else read_checkpoint(source, map_location)
-    path, meta = ckpt.get("_path", "<checkpoint>"), ckpt[CKPT_KEY]
-    cfg = meta["config"]
-    try:
-        masker, policy, objective = assemble(cfg)
-    except Exception as exc:  # noqa: BLE001
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"checkpoint {path}: cannot rebuild the explainer from its config ({first})") from exc
-    module = ExplainerModule(policy=policy, masker=masker, objective=objective, config=cfg)
-    state = {k[len("policy."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
-    try:
-        policy.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {path}: policy weights do not fit its config ({str(exc).splitlines()[0]})") from exc
-    from fex.module import check_features
-
-    check_features(meta, masker, path)  # a stored grid that disagrees with what the policy was trained on
-    module._saved_fingerprint = meta.get("target")
-    module._train_queries = int(meta.get("train_queries") or 0)
-    module.eval()
-    if target is not None:
-        bb = target if isinstance(target, BlackBox) else BlackBox(target)
-        module.check_target(bb, allow_target_mismatch)
-        module.attach(bb)
-    return module

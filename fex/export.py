@@ -15,8 +15,10 @@ production model's prediction):
   ``is_split_into_words=True``, and ``word_ids`` the word index of each token (-1 for [CLS]/[SEP]/padding).
   The output has ``F = max_length`` rows; row ``f < n_words`` is word ``f``, the rest are 0.
 
-``export_onnx`` also writes ``<file>.json`` beside the model with exactly this contract (input names,
-shapes, grid, tokenizer, classes). ``python -m fex.export CHECKPOINT OUT.onnx`` does it from a shell.
+``export_onnx`` stores exactly this contract (input names, shapes, grid, tokenizer, classes) as JSON in
+the model's own ``metadata_props`` (key ``fex``); :func:`read_contract` reads it back (and still reads the
+``<file>.json`` sidecar that earlier exports wrote). ``python -m fex.export CHECKPOINT OUT.onnx`` does it
+from a shell.
 """
 from __future__ import annotations
 
@@ -32,11 +34,13 @@ import torch
 from torch import nn
 
 from fex.errors import FexError, InputError
-from fex.io import write_json
+from fex.maskers.text import pool_words
+from fex.module import ExplainerModule
 
 IMAGE_INPUTS = ("x",)
 TEXT_INPUTS = ("input_ids", "attention_mask", "word_ids")
 OUTPUT = "scores"
+METADATA_KEY = "fex"  # metadata_props key of the run-time contract
 
 
 def _all_classes(read_out: Any, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -72,8 +76,6 @@ class TextPolicyGraph(nn.Module):
         object.__setattr__(self, "_read_out", explainer.read_out)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
-        from fex.maskers.text import pool_words
-
         tokens, _ = self.policy.backbone({"input_ids": input_ids, "attention_mask": attention_mask})  # [B, L, D]
         logits = self.policy.actor(pool_words(tokens, word_ids, self.max_words, "mean"))  # [B, F, C]
         n_words = word_ids.max(1).values + 1  # [B]
@@ -104,7 +106,7 @@ def example_inputs(explainer: Any, batch: int = 2) -> tuple[torch.Tensor, ...]:
 
 
 def contract(explainer: Any) -> dict:
-    """What the exported model needs at run time (written beside it as JSON)."""
+    """What the exported model needs at run time (stored in its ``metadata_props``, see :func:`read_contract`)."""
     masker, cfg = explainer.masker, dict(explainer.config)
     attribution = getattr(explainer.objective, "attribution", "prob")
     out: dict[str, Any] = {"format": "onnx", "output": OUTPUT, "output_shape": "[B, F, C]",
@@ -141,11 +143,38 @@ def _export(graph: nn.Module, inputs: tuple, path: Path, names: list[str], text:
                               dynamic_axes={**dyn, OUTPUT: {0: "batch"}}, opset_version=opset, dynamo=False)
 
 
+def _with_contract(path: Path, meta: dict) -> None:
+    """Store ``meta`` as JSON in the ONNX file's ``metadata_props`` (key ``fex``), in place."""
+    import onnx  # the optional serve extra (torch's ONNX exporter needs it too)
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, METADATA_KEY: json.dumps(meta)})
+    onnx.save(model, str(path))
+
+
+def read_contract(path: str | os.PathLike) -> dict:
+    """The run-time contract of an exported model (see the module docstring): from its ``metadata_props``,
+    or from the ``<path>.json`` sidecar of an export made before fex stored it in the model."""
+    import onnx  # the optional serve extra
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"ONNX model not found: {path}")
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    if METADATA_KEY in props:
+        return json.loads(props[METADATA_KEY])
+    sidecar = Path(f"{path}.json")
+    if sidecar.is_file():
+        return json.loads(sidecar.read_text())
+    raise InputError(f"{path} has no fex contract (metadata_props['{METADATA_KEY}']) and no {sidecar.name} beside it")
+
+
 def export_onnx(explainer: Any, path: str | os.PathLike, opset: int = 18, exporter: str = "auto") -> Path:
-    """Write the policy as ONNX (batch axis dynamic; for text also the token axis) plus ``<path>.json``.
+    """Write the policy as ONNX (batch axis dynamic; for text also the token axis), with its run-time
+    contract in the model's ``metadata_props`` (:func:`read_contract`).
 
     ``exporter``: ``dynamo`` (torch.export), ``script`` (TorchScript tracing) or ``auto`` (dynamo, then
-    tracing if that fails). The exporter used is recorded in the JSON."""
+    tracing if that fails). The exporter used is recorded in the contract."""
     if exporter not in ("auto", "dynamo", "script"):
         raise InputError(f"exporter must be auto, dynamo or script, got {exporter!r}")
     path = Path(path)
@@ -160,7 +189,8 @@ def export_onnx(explainer: Any, path: str | os.PathLike, opset: int = 18, export
     for how in tries:
         try:
             _export(graph, inputs, tmp, names, text, opset, dynamo=how == "dynamo")
-            os.replace(tmp, path)
+            _with_contract(tmp, {**contract(explainer), "exporter": how})
+            os.replace(tmp, path)  # the model appears whole, its contract inside
             break
         except Exception as exc:  # noqa: BLE001 - try the next exporter, report all
             errors.append(f"{how}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}")
@@ -170,7 +200,6 @@ def export_onnx(explainer: Any, path: str | os.PathLike, opset: int = 18, export
                     leftover.unlink()
     else:
         raise FexError("ONNX export failed (" + "; ".join(errors) + ")")
-    write_json(Path(f"{path}.json"), {**contract(explainer), "exporter": how})
     return path
 
 
@@ -178,17 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     """python -m fex.export CHECKPOINT OUT.onnx"""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or args[0] in ("-h", "--help"):
-        print("usage: python -m fex.export CHECKPOINT OUT.onnx   (writes OUT.onnx and OUT.onnx.json)")
+        print("usage: python -m fex.export CHECKPOINT OUT.onnx   (writes OUT.onnx, its contract in its metadata)")
         return 0 if args and args[0] in ("-h", "--help") else 2
-    from fex.module import ExplainerModule
-
     try:
         explainer = ExplainerModule.from_checkpoint(args[0])
         out = export_onnx(explainer, args[1])
     except FexError as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    print(f"fex-export: {out} and {out}.json ({json.dumps(contract(explainer)['inputs'])} -> {OUTPUT})")
+    print(f"fex-export: {out} ({json.dumps(contract(explainer)['inputs'])} -> {OUTPUT}; contract in its "
+          f"metadata_props['{METADATA_KEY}'])")
     return 0
 
 

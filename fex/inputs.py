@@ -1,4 +1,6 @@
-"""Input conversions are explicit: each one is asked for in config and logged, or refused.
+"""User inputs: explicit conversions of images and tensors, and fex's one reader of text files.
+
+Input conversions are explicit: each one is asked for in config and logged, or refused.
 
 An explainer was trained on inputs of one shape, channel count and value range. A file or
 tensor that differs is not quietly squashed into that form (a 16-bit PNG saturated to white,
@@ -10,19 +12,25 @@ Settings (``fex-explain`` config keys):
     channels:   ``strict`` (default: other channel counts refused) | ``convert`` (grey<->RGB, alpha dropped; noted)
     scale:      ``auto`` (default: divide by the file format's maximum, 255 for 8-bit and 65535 for
                 16-bit images, giving [0, 1]) | a number to divide raw pixel values by (noted)
+
+Text files (texts to explain, data files) are read by :func:`read_text_file` only: UTF-8, missing or
+undecodable files refused with one line; :func:`read_text_lines` / :func:`read_texts` turn one into texts.
 """
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import math
 import numbers
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from fex.errors import InputError
+from fex.errors import FexError, InputError
 
 log = logging.getLogger("fex")
 
@@ -162,21 +170,42 @@ def class_index(target: Any, batch: int, num_classes: int, device: Any = None) -
     return t
 
 
-def read_text_lines(path: str | Path) -> list[tuple[int, str]]:
-    """(line number in the file, text) for each non-blank text: plain text one per line; CSV/TSV the
-    ``text`` column (else the first). Blank lines are skipped but counted, so numbers match an editor's."""
-    import csv
+def read_text_file(path: str | os.PathLike, error: type[FexError] = InputError, what: str = "text file") -> str:
+    """The one reader of text files: the whole file decoded as UTF-8 (a BOM dropped); a missing or
+    non-UTF-8 file is refused with one line (``error``: InputError for inputs, DataError for data)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise error(f"{what} not found: {p}")
+    try:
+        return p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(f"{p} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from exc
 
-    path = Path(path)
-    if path.suffix.lower() in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+
+def read_text_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """Texts to explain, with where they stand: (line number in the file, text) for each non-blank text;
+    plain text one per line; CSV/TSV the ``text`` column (else the first). Blank lines are skipped but
+    counted, so numbers match an editor's. Missing, non-UTF-8 and empty files are refused."""
+    p = Path(path).expanduser()
+    content = read_text_file(p)
+    if p.suffix.lower() in (".csv", ".tsv"):
+        try:
+            reader = csv.reader(io.StringIO(content, newline=""), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
             rows = [(reader.line_num, r) for r in reader]
-        if not rows:
-            return []
-        header = rows[0][1]
+        except csv.Error as exc:
+            raise InputError(f"cannot read {p}: {exc}") from exc
+        header = rows[0][1] if rows else []
         col = header.index("text") if "text" in header else 0
         body = rows[1:] if "text" in header else rows
-        return [(n, r[col]) for n, r in body if len(r) > col and r[col].strip()]
-    with open(path, encoding="utf-8-sig") as fh:
-        return [(n, line.rstrip("\r\n")) for n, line in enumerate(fh, start=1) if line.strip()]
+        lines = [(n, r[col]) for n, r in body if len(r) > col and r[col].strip()]
+    else:
+        text = content.replace("\r\n", "\n").replace("\r", "\n")
+        lines = [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
+    if not lines:
+        raise InputError(f"{p} is empty: no text to explain")
+    return lines
+
+
+def read_texts(path: str | os.PathLike) -> list[str]:
+    """Texts to explain from a file (:func:`read_text_lines` without line numbers, stripped)."""
+    return [t.strip() for _, t in read_text_lines(path)]

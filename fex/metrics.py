@@ -8,11 +8,16 @@ baseline (everything removed) and add features in that order; higher area = bett
 """
 from __future__ import annotations
 
+import copy
+import sys
+import warnings
 from typing import Any
 
 import torch
+from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
 from fex.blackbox import BlackBox
+from fex.errors import InputError
 from fex.maskers.base import Masker
 
 
@@ -176,12 +181,23 @@ def sufficiency(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tensor
     return eraser(blackbox, masker, x, scores, target, fractions)["sufficiency"]
 
 
-def pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def _rowwise(corr: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A torchmetrics correlation of each row pair of [B, N] and [B, N] -> [B], in float64; 0 where either
+    row is constant (torchmetrics says NaN, with a warning)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The variance of predictions or target is close to zero")
+        r = corr(a.double().T, b.double().T).reshape(a.shape[0])
+    return torch.nan_to_num(r, nan=0.0).to(torch.promote_types(a.dtype, b.dtype))
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise Pearson correlation of [B, N] and [B, N] -> [B] (0 where either row is constant)."""
-    a = a - a.mean(1, keepdim=True)
-    b = b - b.mean(1, keepdim=True)
-    den = (a.pow(2).sum(1) * b.pow(2).sum(1)).sqrt()
-    return torch.where(den > eps, (a * b).sum(1) / den.clamp_min(eps), torch.zeros_like(den))
+    return _rowwise(pearson_corrcoef, a, b)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise Spearman rank correlation (ties share their mean rank) of [B, N] and [B, N] -> [B]."""
+    return _rowwise(spearman_corrcoef, a, b)
 
 
 def faithfulness_correlation(blackbox: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, target: torch.Tensor,
@@ -211,11 +227,6 @@ def with_substrate(masker: Masker, substrate: str | None) -> Masker:
     """A copy of ``masker`` whose removed features become ``substrate`` (e.g. zeros/mean/blur)."""
     if substrate is None or getattr(masker, "baseline", None) == substrate:
         return masker
-    import copy
-    import sys
-
-    from fex.errors import InputError
-
     if not hasattr(masker, "baseline"):
         raise InputError(f"{type(masker).__name__} has no configurable substrate (asked for {substrate!r})")
     allowed = getattr(sys.modules[type(masker).__module__], "BASELINES", None)

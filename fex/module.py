@@ -1,11 +1,13 @@
-"""ExplainerModule: the FEX policy trained with PPO against a black box, and its inference API.
+"""ExplainerModule: the FEX policy trained against a black box with the objective's estimator (PPO,
+REINFORCE, FastSHAP or the regression fit, :mod:`fex.objective`), its inference API, and
+:func:`load_explainer`, which rebuilds one from its checkpoint.
 
 Letters: B batch, K masks per input, F features, C classes.
 
 The black box is a plain attribute (a :class:`fex.blackbox.BlackBox`, not an ``nn.Module``)
 so it never enters the state_dict, hparams, optimizer or checkpoint. The checkpoint
-instead carries ``checkpoint["fex"]``: the configs that rebuild masker and policy, and
-the target's fingerprint (config + weights hash), checked when loading.
+instead carries ``checkpoint["fex"]`` (:mod:`fex.checkpoint`): the configs that rebuild masker,
+policy and objective, and the target's fingerprint (config + weights hash), checked when loading.
 """
 from __future__ import annotations
 
@@ -18,14 +20,14 @@ import pytorch_lightning as pl
 import torch
 
 from fex import objective as obj
+from fex.bank import RewardBank
 from fex.blackbox import BlackBox, check_num_classes, fingerprints_match
-from fex.errors import InputError, TargetMismatchError
+from fex.checkpoint import BANK_KEY, CKPT_KEY, assemble, check_features, checkpoint_meta, read_checkpoint
+from fex.cost import PeakMemory
+from fex.errors import CheckpointError, InputError, TargetMismatchError
 from fex.inputs import class_index
 from fex.maskers.base import Masker
 from fex.metrics import deletion_auc, insertion_auc
-
-CKPT_KEY = "fex"  # ckpt["fex"]: format in fex/explainer.py
-BANK_KEY = "fex_reward_bank"  # training checkpoints only (resume); stripped from the final explainer
 
 
 class ExplainerModule(pl.LightningModule):
@@ -63,6 +65,11 @@ class ExplainerModule(pl.LightningModule):
         self._bank = None  # fex.bank.RewardBank when objective.query_budget > 0 (in training checkpoints only)
         if blackbox is not None:
             self.attach(blackbox)
+
+    #: How ``explain(verify=<checkpoint path>)`` opens that checkpoint's calibrated trust gate. The gate
+    #: (:mod:`fex.gate`) sits above the explainer, since it runs the per-instance methods; importing it
+    #: installs ``Gate.load`` here (``import fex`` does, before any fex module is used).
+    gate_loader: Callable[[str | os.PathLike], Any] | None = None
 
     # ---------------------------------------------------------------- black box
     def attach(self, blackbox: BlackBox) -> "ExplainerModule":
@@ -185,8 +192,6 @@ class ExplainerModule(pl.LightningModule):
     def _banked_rollout(self, x: Any, batch: Any, logits: torch.Tensor, values: torch.Tensor) -> tuple[dict, torch.Tensor]:
         """Like :meth:`_rollout` but off-policy masks are queried once per input (up to ``query_budget``) and
         reused from the :class:`~fex.bank.RewardBank` afterwards. Returns (rollout, p_full)."""
-        from fex.bank import RewardBank
-
         o = self.objective
         if len(batch) < 3:
             raise InputError("objective.query_budget needs (x, y, index) batches to key the reward bank")
@@ -307,9 +312,7 @@ class ExplainerModule(pl.LightningModule):
         method where it fails; the result then also says ``passed``/``queries``/``method`` per input.
         """
         if verify is not None:
-            from fex.gate import as_gate
-
-            return as_gate(verify).verify(self, x, target)
+            return self._verifier(verify).verify(self, x, target)
         x = self.masker.prepare(x)  # validated; float64 cast to float32
         logits = self.policy_logits(x)
         valid = self.masker.valid(x)
@@ -318,6 +321,14 @@ class ExplainerModule(pl.LightningModule):
         scores = self.read_out(logits, cls, valid)
         return {"scores": scores, "attributions": self.masker.expand(scores, x), "target": cls, "valid": valid,
                 "num_features": valid.sum(1)} if b else {}
+
+    def _verifier(self, verify: Any) -> Any:
+        """``explain(verify=...)``: a gate (anything with ``verify(explainer, x, target)``) or a checkpoint path."""
+        if hasattr(verify, "verify"):
+            return verify
+        if isinstance(verify, (str, os.PathLike)) and ExplainerModule.gate_loader is not None:
+            return ExplainerModule.gate_loader(verify)
+        raise InputError(f"verify must be a fex.gate.Gate or a checkpoint path, got {type(verify).__name__}")
 
     @torch.no_grad()
     def policy_logits(self, x: Any) -> torch.Tensor:
@@ -372,8 +383,6 @@ class ExplainerModule(pl.LightningModule):
         target = probs.argmax(-1) if probs is not None else None
         mem = float("nan")
         if batch_idx == 0:
-            from fex.compare import PeakMemory
-
             with PeakMemory() as pm:
                 t0 = time.perf_counter()
                 out = self.explain(x, target)
@@ -395,8 +404,6 @@ class ExplainerModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        from fex.explainer import CKPT_KEY, checkpoint_meta
-
         checkpoint[CKPT_KEY] = checkpoint_meta(self)
 
         if self._bank is not None:  # a training checkpoint: resuming must not pay for banked queries again
@@ -407,22 +414,16 @@ class ExplainerModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Resuming training (``Trainer.fit(ckpt_path=...)``): the query count and the reward bank go on
         from the checkpoint's."""
-        from fex.explainer import CKPT_KEY
-
         self._train_queries = int(checkpoint.get(CKPT_KEY, {}).get("train_queries") or 0)
         state = checkpoint.get(BANK_KEY)
         if state is not None:
-            from fex.bank import RewardBank
-
             self._bank = RewardBank(state["budget"], paired=state["paired"])
             self._bank.masks, self._bank.rewards, self._bank.info = state["masks"], state["rewards"], state["info"]
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, target: Any = None, allow_target_mismatch: bool = False,
                         map_location: str | torch.device = "cpu") -> "ExplainerModule":
-        """Rebuild an explainer from its checkpoint alone; see :func:`fex.explainer.load_explainer`."""
-        from fex.explainer import load_explainer
-
+        """Rebuild an explainer from its checkpoint alone; see :func:`load_explainer`."""
         return load_explainer(path, target=target, allow_target_mismatch=allow_target_mismatch,
                               map_location=map_location)
 
@@ -438,26 +439,31 @@ class ExplainerModule(pl.LightningModule):
                 "pass allow_target_mismatch=True (CLI: allow_target_mismatch=true) to use it anyway")
 
 
-def load_checkpoint_dict(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """The checkpoint dict (read once, checked); see :func:`fex.explainer.read_checkpoint`."""
-    from fex.explainer import read_checkpoint
-
-    return read_checkpoint(path, map_location)
-
-
-def fixed_num_features(masker: Masker) -> int | None:
-    """F for maskers whose feature count does not depend on the input (image grids), else None."""
+def load_explainer(source: str | os.PathLike | dict, target: Any = None, allow_target_mismatch: bool = False,
+                   map_location: Any = "cpu"):
+    """Rebuild an explainer from its checkpoint alone (a path, or the dict of :func:`read_checkpoint`)
+    and attach ``target`` (nn.Module, callable or BlackBox), checked against the saved fingerprint:
+    a mismatch raises :class:`~fex.errors.TargetMismatchError` unless ``allow_target_mismatch``."""
+    ckpt = source if isinstance(source, dict) else read_checkpoint(source, map_location)
+    path, meta = ckpt.get("_path", "<checkpoint>"), ckpt[CKPT_KEY]
+    cfg = meta["config"]
     try:
-        return int(masker.num_features(None))
-    except Exception:  # noqa: BLE001 - variable-length maskers (text) need an input
-        return None
-
-
-def check_features(meta: dict, masker: Masker, path: Any) -> None:
-    """The stored feature count (written at save time) must match the rebuilt masker's."""
-    from fex.errors import CheckpointError
-
-    want, have = meta.get("num_features"), fixed_num_features(masker)
-    if want is not None and have is not None and int(want) != have:
-        raise CheckpointError(f"checkpoint {path}: its masker config gives {have} features but the policy was "
-                              f"trained on {want}; the stored config was altered")
+        masker, policy, objective = assemble(cfg)
+    except Exception as exc:  # noqa: BLE001
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"checkpoint {path}: cannot rebuild the explainer from its config ({first})") from exc
+    module = ExplainerModule(policy=policy, masker=masker, objective=objective, config=cfg)
+    state = {k[len("policy."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
+    try:
+        policy.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path}: policy weights do not fit its config ({str(exc).splitlines()[0]})") from exc
+    check_features(meta, masker, path)  # a stored grid that disagrees with what the policy was trained on
+    module._saved_fingerprint = meta.get("target")
+    module._train_queries = int(meta.get("train_queries") or 0)
+    module.eval()
+    if target is not None:
+        bb = target if isinstance(target, BlackBox) else BlackBox(target)
+        module.check_target(bb, allow_target_mismatch)
+        module.attach(bb)
+    return module

@@ -325,6 +325,7 @@ def kl_to_target(target_probs: torch.Tensor, policy_log_probs: torch.Tensor, eps
 class FexObjective:
     """All knobs of the FEX objective (Hydra group ``objective``)."""
 
+    registry_group = "objective"  # fex.registry.register(MyObjective) infers the group (not a field)
     num_samples: int = 5  # K masks per input per step
     estimator: str = "ppo"  # ppo (paper) | reinforce | regression
     temperature: float = 1.0  # tau, in reward units (reinforce, regression; the logit read-out tau * theta)

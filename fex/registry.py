@@ -28,6 +28,9 @@ import math
 import re
 from typing import Any, Callable
 
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
 from fex.errors import CheckpointError
 
 GROUPS = ("masker", "policy", "backbone", "objective", "data", "target")
@@ -73,7 +76,7 @@ NESTED = {"policy": {"backbone": "backbone"}}
 _HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
 
 # the one interpolation a stored config may hold: a machine path (``${paths.cache_dir}``), which
-# fex.explainer.portable leaves unresolved so another machine fills in its own
+# fex.checkpoint.portable leaves unresolved so another machine fills in its own
 _PATH_REF = re.compile(r"\$\{paths\.[A-Za-z_][A-Za-z0-9_]*\}")
 
 _USER: dict[str, dict[str, Callable]] = {g: {} for g in GROUPS}
@@ -84,16 +87,15 @@ def _name(obj: Any) -> str:
 
 
 def _infer_group(obj: Any) -> str:
-    from torch import nn
-
-    from fex.maskers.base import Masker
-    from fex.objective import FexObjective
-    from fex.policy.heads import Policy
-
+    """A class's group: its ``registry_group`` (set by fex's base classes :class:`~fex.maskers.base.Masker`,
+    :class:`~fex.policy.heads.Policy`, :class:`~fex.objective.FexObjective` and inherited by yours), else
+    ``backbone`` for any other ``nn.Module``."""
     if isinstance(obj, type):
-        for base, group in ((Masker, "masker"), (Policy, "policy"), (FexObjective, "objective"), (nn.Module, "backbone")):
-            if issubclass(obj, base):
-                return group
+        group = getattr(obj, "registry_group", None)
+        if group in GROUPS:
+            return group
+        if issubclass(obj, nn.Module):
+            return "backbone"
     raise CheckpointError(f"cannot tell which group {_name(obj)} belongs to; pass group= one of {GROUPS}")
 
 
@@ -195,8 +197,6 @@ def safe_build(group: str, cfg: Any, **kwargs: Any) -> Any:
     """Build one component of ``group`` from a stored config, without Hydra and without importing
     anything outside the allowlist. ``kwargs`` are runtime objects supplied by fex (trusted) and
     override config keys. Errors are one-line :class:`CheckpointError` s."""
-    from omegaconf import DictConfig, OmegaConf
-
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     if not isinstance(cfg, dict):
@@ -265,8 +265,6 @@ def check_stored(group: str, cfg: Any, where: str) -> None:
     """A ``data`` or ``target`` config a checkpoint recorded may be used as a job's default only if it
     names a registered fex class/factory with plain arguments: a checkpoint never makes a job import
     your code. (Name your own target or data on the command line, where running it is your choice.)"""
-    from omegaconf import DictConfig, OmegaConf
-
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=False)
     if not isinstance(cfg, dict):

@@ -7,21 +7,20 @@ holds (``shard-000001234.npz``), with arrays ``index`` [B], ``scores`` [B, F], `
 file and renamed (``os.replace``), so a killed run leaves either a whole shard or none.
 
 Resuming: :func:`finished_indices` reads the indices already on disk and the evaluate
-task predicts only the rest. Multi-process: :class:`RankSplitSampler` hands each rank a
-disjoint slice of the remaining rows without the padding duplicates that
-``DistributedSampler`` adds, so the union of all ranks' shards is every row exactly once.
+task predicts only the rest. Multi-process: Lightning hands each rank a disjoint slice of a
+predict loader's rows without the padding duplicates that ``DistributedSampler`` adds
+(``UnrepeatedDistributedSamplerWrapper``), so the union of all ranks' shards is every row exactly once.
 """
 from __future__ import annotations
 
 import glob
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
-from torch.utils.data import Sampler
 
 from fex.errors import DataError
 from fex.io import atomic_write
@@ -118,24 +117,3 @@ class AttributionWriter(BasePredictionWriter):
                 arrays[k] = v.detach().cpu().numpy()
         write_shard(self.output_dir, arrays)
         self.written += len(arrays["index"])
-
-
-class RankSplitSampler(Sampler[int]):
-    """Positions ``positions[rank::world]``, rank read lazily (after DDP is set up); no padding."""
-
-    def __init__(self, positions: Sequence[int]) -> None:
-        self.positions = list(positions)
-
-    @staticmethod
-    def _rank_world() -> tuple[int, int]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
-    def __iter__(self) -> Iterator[int]:
-        r, w = self._rank_world()
-        return iter(self.positions[r::w])
-
-    def __len__(self) -> int:
-        r, w = self._rank_world()
-        return len(self.positions[r::w])

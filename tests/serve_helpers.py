@@ -23,7 +23,7 @@ def target_args(target: dict) -> list[str]:
 
 def _save(path, config: dict, seed: int) -> str:
     from fex.explainer import build_explainer, save_explainer
-    from fex.tasks.common import build_blackbox, build_data
+    from fex.config import build_blackbox, build_data
 
     torch.manual_seed(seed)
     bb = build_blackbox(config["target"], num_classes=config["num_classes"])

@@ -6,7 +6,7 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import FAST, ROOT, compose
-from fex.tasks.common import build_blackbox, build_data, instantiate_list
+from fex.config import build_blackbox, build_data, instantiate_list
 
 CONF = ROOT / "conf"
 # targets whose construction trains or loads a large model are instantiated by their own tests

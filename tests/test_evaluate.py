@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fex.errors import CheckpointError, DataError, TargetMismatchError
-from fex.tasks.common import build_blackbox
+from fex.config import build_blackbox
 from fex.writer import read_shards, shard_files
 from tests.conftest import ROOT, compose
 from tests.synth import make_checkpoint

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from fex.cli import explain_main
-from fex.tasks.common import build_blackbox
+from fex.config import build_blackbox
 from tests.conftest import ROOT, compose
 from tests.synth import make_checkpoint
 

@@ -6,7 +6,7 @@ import torch
 
 from fex.errors import CheckpointError
 from fex.explainer import CKPT_KEY, build_explainer, load_explainer, read_checkpoint
-from fex.tasks.common import build_blackbox
+from fex.config import build_blackbox
 from tests.conftest import ROOT, compose
 from tests.synth import LinearPatchTarget, make_checkpoint
 

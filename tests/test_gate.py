@@ -280,7 +280,7 @@ def test_explain_job_verify_reports_the_gate_per_input(tmp_path):
 
     from conftest import ROOT, compose
     from fex.cli import explain_main
-    from fex.tasks.common import build_blackbox
+    from fex.config import build_blackbox
 
     synth = [f"hydra.searchpath=[file://{ROOT / 'tests' / 'conf'}]", "data=synth", "target=linear"]
     bb = build_blackbox(compose("explain", synth + ["checkpoint=x", "input=x"]).target, 2)

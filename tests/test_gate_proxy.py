@@ -32,7 +32,7 @@ def test_proxy_distillation_cost_is_the_transfer_set_and_it_agrees_with_the_targ
     pytest.importorskip("mlxtend")
     from conftest import compose
     from fex.targets.proxy import proxy_info
-    from fex.tasks.common import build_blackbox
+    from fex.config import build_blackbox
 
     cfg = compose(overrides=["target=mnist_proxy"], output_dir=tmp_path)
     bb = build_blackbox(cfg.target, num_classes=10)  # python train.py target=mnist_proxy builds this

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from fex.manifest import MANIFEST, RunDirMismatch, check_or_write, first_difference, make_manifest
-from fex.tasks.common import build_blackbox
+from fex.config import build_blackbox
 from fex.writer import shard_files
 from tests.conftest import compose
 from tests.synth import make_checkpoint

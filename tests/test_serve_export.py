@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from fex.errors import InputError
 from tests.serve_helpers import image_checkpoint, text_checkpoint
 
 ort = pytest.importorskip("onnxruntime")
@@ -17,12 +18,13 @@ def _session(path):
 
 
 def test_image_policy_onnx_matches_explainer(tmp_path):
-    from fex.export import export_onnx
+    from fex.export import export_onnx, read_contract
     from fex.module import ExplainerModule
 
     explainer = ExplainerModule.from_checkpoint(image_checkpoint(tmp_path / "image.ckpt", seed=1))
     path = export_onnx(explainer, tmp_path / "policy.onnx")
-    meta = json.loads((tmp_path / "policy.onnx.json").read_text())
+    meta = read_contract(path)  # stored in the model's metadata_props
+    assert not (tmp_path / "policy.onnx.json").exists()
     assert meta["inputs"] == ["x"] and meta["grid"] == [7, 7] and meta["input_shape"] == [1, 28, 28]
     x = torch.rand(7, 1, 28, 28, generator=torch.Generator().manual_seed(3))  # another batch size than traced
     keep = _session(path).run(None, {"x": x.numpy()})[0]  # [B, F, C]
@@ -35,12 +37,12 @@ def test_image_policy_onnx_matches_explainer(tmp_path):
 
 def test_text_policy_onnx_matches_explainer(tmp_path):
     pytest.importorskip("transformers")
-    from fex.export import export_onnx
+    from fex.export import export_onnx, read_contract
     from fex.module import ExplainerModule
 
     explainer = ExplainerModule.from_checkpoint(text_checkpoint(tmp_path / "text.ckpt", seed=2))
     path = export_onnx(explainer, tmp_path / "policy.onnx")
-    meta = json.loads((tmp_path / "policy.onnx.json").read_text())
+    meta = read_contract(path)
     assert meta["inputs"] == ["input_ids", "attention_mask", "word_ids"] and meta["max_length"] == 32
     texts = ["a great movie", "the plot was long and the acting flat but some scenes had charm", "ok"]
     x = explainer.masker.encode(texts)  # the run-time recipe: tokenizer on the words + word_ids
@@ -67,13 +69,32 @@ def test_export_leaves_the_explainer_usable(tmp_path):
 
 
 def test_export_cli(tmp_path, capsys):
-    from fex.export import main
+    from fex.export import main, read_contract
 
     ckpt = image_checkpoint(tmp_path / "image.ckpt")
     assert main([ckpt, str(tmp_path / "out" / "p.onnx")]) == 0
-    assert (tmp_path / "out" / "p.onnx").stat().st_size > 1000 and (tmp_path / "out" / "p.onnx.json").exists()
+    assert (tmp_path / "out" / "p.onnx").stat().st_size > 1000
+    assert read_contract(tmp_path / "out" / "p.onnx")["grid"] == [7, 7]
     assert main([str(tmp_path / "missing.ckpt"), str(tmp_path / "x.onnx")]) == 2
     assert "error: checkpoint not found" in capsys.readouterr().err
+
+
+def test_contract_of_an_older_export_is_read_from_its_sidecar(tmp_path):
+    """Exports made before the contract moved into metadata_props had it in <file>.json: still read."""
+    import onnx
+
+    from fex.export import METADATA_KEY, export_onnx, read_contract
+    from fex.module import ExplainerModule
+
+    path = export_onnx(ExplainerModule.from_checkpoint(image_checkpoint(tmp_path / "image.ckpt")), tmp_path / "p.onnx")
+    model = onnx.load(str(path))
+    old = {p.key: p.value for p in model.metadata_props}
+    del model.metadata_props[:]
+    onnx.save(model, str(path))
+    with pytest.raises(InputError, match="no fex contract"):
+        read_contract(path)
+    (tmp_path / "p.onnx.json").write_text(old[METADATA_KEY])
+    assert read_contract(path) == json.loads(old[METADATA_KEY])
 
 
 @pytest.mark.slow

@@ -129,3 +129,30 @@ def test_gallery_needs_data(engine):
     bare = Engine(engine.explainer, {**engine.config, "data": None})
     with pytest.raises(FexError, match="no data config"):
         bare.gallery(2)
+
+
+def test_payload_limit_is_litservers_and_answered_as_a_one_line_413():
+    """A body without Content-Length that grows past the limit is stopped by LitServer's MaxSizeMiddleware
+    (how build_server sets max_payload_size) and answered by the request gate: 413, one line, no worker."""
+    from litserve.middlewares import MaxSizeMiddleware
+
+    from fex.serve.parse import InputSpec, RequestGate
+
+    async def model(scope, receive, send):
+        raise AssertionError("an oversized request reached the model")
+
+    app = MaxSizeMiddleware(RequestGate(model, InputSpec("text", None, 2), {"/explain": "input"}, max_bytes=100),
+                            max_size=100)
+    body = [{"type": "http.request", "body": b'{"text": "' + b"x" * 60, "more_body": True},
+            {"type": "http.request", "body": b"x" * 60 + b'"}', "more_body": False}]
+    sent = []
+
+    async def receive():
+        return body.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app({"type": "http", "method": "POST", "path": "/explain", "headers": []}, receive, send))
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"]) == {"detail": "payload larger than the limit of 100 bytes"}

@@ -42,7 +42,7 @@ def test_every_text_option_composes(tmp_path):
     cfg = compose("evaluate", ["data=rotten_tomatoes", "target=minilm_sentiment", "checkpoint=x",
                                "method=[fex,kernel_shap,lime,feature_ablation,integrated_gradients_words]"],
                   output_dir=tmp_path)
-    assert cfg.method.integrated_gradients._target_ == "fex.targets.text.WordIntegratedGradients"
+    assert cfg.method.integrated_gradients._target_ == "fex.methods.text_ig.WordIntegratedGradients"
 
 
 def test_frozen_encoder_state_dict_and_partial_finetune():

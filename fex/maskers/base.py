@@ -14,9 +14,13 @@ from typing import Any
 
 import torch
 
+from fex.render.base import Renderer
+
 
 class Masker(ABC):
     """Turns masks over features into model inputs, and feature scores back into input shape."""
+
+    registry_group = "masker"  # fex.registry.register(MyMasker) infers the group
 
     @abstractmethod
     def validate(self, x: Any) -> None:
@@ -63,6 +67,4 @@ class Masker(ABC):
 
     def renderer(self):
         """The modality's :class:`fex.render.Renderer`: reads its inputs, draws its attributions."""
-        from fex.render import Renderer
-
         return Renderer(self)

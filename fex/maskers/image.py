@@ -9,6 +9,7 @@ import torch.nn.functional as F_
 from fex.errors import InputError
 from fex.inputs import check_range, to_float32
 from fex.maskers.base import Masker
+from fex.render.image import ImageRenderer
 
 BASELINES = ("zeros", "mean", "blur")
 
@@ -161,6 +162,4 @@ class PatchMasker(Masker):
 
     def renderer(self):
         """Heatmap PNGs; PNG/JPEG files as inputs."""
-        from fex.render.image import ImageRenderer
-
         return ImageRenderer(self)

@@ -36,6 +36,7 @@ import torch
 
 from fex.errors import InputError
 from fex.maskers.base import Masker
+from fex.render.text import TextRenderer
 
 log = logging.getLogger("fex")
 
@@ -276,8 +277,6 @@ class WordMasker(Masker):
 
     def renderer(self):
         """HTML pages of highlighted words, coloured terminal words; text files as inputs."""
-        from fex.render.text import TextRenderer
-
         return TextRenderer(self)
 
 

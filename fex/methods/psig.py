@@ -16,7 +16,7 @@ integrals). So PS-IG is path-weighted IG with weight ``F(s)``; for the uniform d
 * ``f = x1 x2``, ``xb = 0``, uniform: ``PSIG = (x1 x2 / 3, x1 x2 / 3)``; linear ``f = w·x``:
   ``PSIG = w ⊙ (x - xb) / 2``.
 
-:class:`PathSampledIG` applies it, like :class:`fex.baselines.IntegratedGradients`, to the black
+:class:`PathSampledIG` applies it, like :class:`fex.methods.baselines.IntegratedGradients`, to the black
 box as a function of the presence vector ``z`` of the masker's features (path from "all removed",
 ``z = 0``, to the input, ``z = 1``): a white-box method pooled to the same features.
 """
@@ -27,10 +27,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from fex.baselines import Method
 from fex.blackbox import BlackBox
 from fex.errors import InputError, TargetError
 from fex.maskers.base import Masker
+from fex.methods.baselines import Method
 
 DENSITIES = ("uniform", "beta")
 
@@ -83,7 +83,7 @@ class PathSampledIG(Method):
 
     Needs ``blackbox.model`` to be a differentiable ``nn.Module`` and a masker whose ``apply`` is
     differentiable in the masks (image patches). Each path point is counted as one query, like
-    :class:`fex.baselines.IntegratedGradients`.
+    :class:`fex.methods.baselines.IntegratedGradients`.
 
     Args:
         n_steps: path points ``m`` of the Riemann sum (= gradient evaluations per explanation).

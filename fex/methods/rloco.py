@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fex.baselines import Method, _as_target
 from fex.blackbox import BlackBox
 from fex.errors import InputError
 from fex.maskers.base import Masker
+from fex.methods.baselines import Method, _as_target
 
 ASSIGN = ("loco", "input")
 

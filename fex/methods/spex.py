@@ -3,7 +3,7 @@
 Letters: B batch, F features, n valid features of one example, N coalitions (queries).
 
 The black box of one example is the game ``v(S) = p(target | masker keeps only S)`` over its
-``n`` valid features (:meth:`fex.baselines.Method.presence_fn`: the same features, masker and
+``n`` valid features (:meth:`fex.methods.baselines.Method.presence_fn`: the same features, masker and
 counted black box as every other method). The maintained implementation in ``shapiq``
 (``pip install fex[interactions]``) samples structured coalitions and decodes a sparse Fourier
 transform (SPEX), or fits boosted trees on uniform coalitions and reads their Fourier
@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fex.baselines import Method
 from fex.blackbox import BlackBox
 from fex.errors import InputError
 from fex.maskers.base import Masker
+from fex.methods.baselines import Method
 
 ALGORITHMS = ("spex", "proxyspex")
 INDICES = ("FSII", "SII", "STII", "k-SII", "FBII")

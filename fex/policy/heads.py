@@ -33,6 +33,8 @@ class Policy(nn.Module):
         init_bias: initial actor bias; sigmoid(init_bias) is the starting keep-probability.
     """
 
+    registry_group = "policy"  # fex.registry.register(MyPolicy) infers the group
+
     def __init__(self, backbone: nn.Module, num_classes: int, hidden: int = 128, init_bias: float = 0.0) -> None:
         super().__init__()
         if num_classes < 2:

@@ -17,6 +17,9 @@ import os
 import torch
 from torch import nn
 
+from fex.errors import ConfigError
+from fex.maskers.text import load_tokenizer, resolve_model_path
+
 
 def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.unsqueeze(-1).to(h.dtype)
@@ -30,8 +33,6 @@ def truncate_layers(encoder: nn.Module, num_layers: int | None) -> int:
     if num_layers is None:
         return len(layers)
     if not 1 <= int(num_layers) <= len(layers):
-        from fex.errors import ConfigError
-
         raise ConfigError(f"policy num_layers must be in 1..{len(layers)} for this encoder, got {num_layers}")
     encoder.encoder.layer = nn.ModuleList(list(layers)[: int(num_layers)])
     encoder.config.num_hidden_layers = int(num_layers)
@@ -54,8 +55,6 @@ class TextEncoderBackbone(nn.Module):
                  out_dim: int | None = 256, num_layers: int | None = None) -> None:
         super().__init__()
         from transformers import AutoModel
-
-        from fex.maskers.text import resolve_model_path
 
         p = resolve_model_path(path)
         if os.path.isdir(p):
@@ -127,8 +126,6 @@ class WordEmbeddingBackbone(nn.Module):
                  kernel: int = 3) -> None:
         super().__init__()
         if vocab_size is None:
-            from fex.maskers.text import load_tokenizer
-
             vocab_size = len(load_tokenizer(tokenizer))
         self.out_dim = int(dim)
         self.embed = nn.Embedding(int(vocab_size), dim)

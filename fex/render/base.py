@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -51,3 +51,12 @@ class Renderer:
     def collate(self, items: Sequence[Any]) -> Any:
         """Items of :meth:`read` -> a batch the masker and explainer accept."""
         return torch.stack(list(items))
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub markdown table: the header, its rule and one line per row (cells as given, ``str``-ed;
+    a short row is padded with empty cells). fex's one table writer (reports, benchmarks)."""
+    n = len(header)
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * n]
+    lines += ["| " + " | ".join([*map(str, r), *[""] * (n - len(r))]) + " |" for r in rows]
+    return "\n".join(lines)

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 
 from fex.errors import DataError, InputError
+from fex.inputs import Notes
+from fex.inputs import load_image as load_checked
 from fex.render.base import Renderer
 from fex.render.plots import _plt, save_figure
 
@@ -89,9 +91,6 @@ class ImageRenderer(Renderer):
         else:
             raise DataError(f"{source.name} is not an image; this explainer's masker ({type(self.masker).__name__}) "
                             "explains images (a PNG/JPEG file or a folder of them)")
-        from fex.inputs import Notes
-        from fex.inputs import load_image as load_checked
-
         items, skipped = [], []
         self.notes = getattr(self, "notes", None) or Notes()
         for f in files:

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from fex.errors import DataError, FexError
+from fex.inputs import read_text_lines
 from fex.io import write_text
 from fex.render.base import Renderer
 
@@ -149,14 +150,9 @@ class TextRenderer(Renderer):
         return {"words": list(x["words"][i])}
 
     def read(self, source: Path):
-        from fex.data.text import read_texts
-
         if source.is_dir():
             raise DataError(f"{source} is a folder; this explainer's masker ({type(self.masker).__name__}) explains "
                             "texts: give a .txt file (one text per line), a .csv/.tsv file (a text column) or text=...")
-        from fex.inputs import read_text_lines
-
-        read_texts(source)  # refuses missing, non-UTF-8 and empty files with one line
         items, skipped = [], []
         for j, t in ((n, t.strip()) for n, t in read_text_lines(source)):  # true line numbers (blank lines count)
             try:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fex.explainer import CKPT_KEY, read_checkpoint
+from fex.checkpoint import CKPT_KEY, read_checkpoint
 
 FAITHFULNESS_KEYS = ("deletion_auc", "insertion_auc", "aopc", "comprehensiveness", "sufficiency",
                      "faithfulness_corr", "sec_per_expl", "queries_per_expl")
@@ -65,7 +65,7 @@ def faithfulness(metrics_path: str | os.PathLike | None) -> dict | None:
 
 def explainer_card(source: str | os.PathLike | dict, metrics_path: str | os.PathLike | None = None,
                    serving: dict | None = None) -> dict:
-    """The card of a checkpoint (a path, or the dict of :func:`fex.explainer.read_checkpoint`)."""
+    """The card of a checkpoint (a path, or the dict of :func:`fex.checkpoint.read_checkpoint`)."""
     ckpt = source if isinstance(source, dict) else read_checkpoint(source)
     path = os.path.abspath(ckpt.get("_path") or os.path.expanduser(str(source)))
     meta = ckpt[CKPT_KEY]

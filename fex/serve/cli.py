@@ -3,30 +3,26 @@ from __future__ import annotations
 
 import sys
 
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from fex.config import compose, conf_dir
 from fex.errors import FexError
-from fex.tasks.common import conf_dir
+from fex.serve.server import serve
 
 
 def compose_serve(overrides: list[str]):
     """conf/serve.yaml (the packaged config tree when installed) with ``key=value`` overrides."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return compose("serve", overrides=list(overrides))
+    return compose("serve", overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     args = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in args):
         print(__doc__.strip() + "\n\nSettings (conf/serve.yaml):\n" + (conf_dir() / "serve.yaml").read_text())
         return 0
     try:
         cfg = compose_serve(args)
-        from fex.serve.server import serve
-
         serve(cfg)
     except (FexError, HydraException, OmegaConfBaseException) as exc:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)

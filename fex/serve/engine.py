@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
+from fex.config import build_data
 from fex.errors import FexError
+from fex.methods import METHODS
 from fex.metrics import auc, perturbation_curve
 from fex.serve.parse import decode_pixels
 
@@ -146,13 +148,11 @@ class Engine:
                 for i in range(len(targets))]
 
     def method(self, name: str) -> Any:
-        from fex.baselines import FeatureAblation, KernelShap
-
-        if name == "kernel_shap":
-            return KernelShap(self.blackbox, self.masker, n_samples=self.kernel_shap_samples)
-        if name == "feature_ablation":
-            return FeatureAblation(self.blackbox, self.masker)
-        raise FexError(f"unknown method {name!r}")
+        """A per-instance method a request asked for (one of :data:`fex.serve.parse.METHODS`), from the registry."""
+        if name not in METHODS or name == "fex":
+            raise FexError(f"unknown method {name!r}")
+        kwargs = {"n_samples": self.kernel_shap_samples} if name == "kernel_shap" else {}
+        return METHODS[name](self.blackbox, self.masker, **kwargs)
 
     def _per_instance(self, name: str, x: Any, target: int | None, want_map: bool, truncated: bool) -> dict:
         """A per-instance method on one input (batch of 1), timed, with its queries counted."""
@@ -256,8 +256,6 @@ class Engine:
     # ------------------------------------------------------------------ gallery
     def datamodule(self) -> Any:
         if self._datamodule is None:
-            from fex.tasks.common import build_data
-
             if not self.config.get("data"):
                 raise FexError("this checkpoint stores no data config, so there is no test split to show")
             self._datamodule = build_data(self.config["data"])

@@ -1,6 +1,6 @@
 """Checkpoint -> explainer with its black box attached, for serving.
 
-The checkpoint is the explainer (:mod:`fex.explainer`): it records its data and target configs.
+The checkpoint is the explainer (:mod:`fex.checkpoint`): it records its data and target configs.
 :func:`serving_configs` fills the serve config's ``data``/``target`` from it in the HTTP process
 (once, with ``conf/paths`` resolving machine paths), and :func:`load_served_explainer` builds the
 black box from the resolved target config and loads the explainer in each model worker.
@@ -13,8 +13,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from fex.checkpoint import CKPT_KEY, read_checkpoint, stored
+from fex.config import to_dict, with_checkpoint_defaults
 from fex.errors import ConfigError, FexError
-from fex.explainer import CKPT_KEY, load_explainer, read_checkpoint
+from fex.explainer import explainer_for
+from fex.gate import Gate
 
 log = logging.getLogger("fex.serve")
 GATE_MODES = ("auto", "on", "off")
@@ -29,8 +32,6 @@ def checkpoint_config(path: str | os.PathLike) -> dict:
 def serving_configs(cfg: DictConfig, ckpt: dict) -> dict:
     """Resolved ``target``, ``data`` (None when neither the checkpoint nor the command line has one:
     then there is no gallery) and ``num_classes`` for the workers."""
-    from fex.tasks.common import to_dict, with_checkpoint_defaults
-
     stored = ckpt[CKPT_KEY]["config"]
     n = stored.get("num_classes") or (stored.get("policy") or {}).get("num_classes")
     no_data = stored.get("data") is None and cfg.get("data") is None
@@ -41,14 +42,14 @@ def serving_configs(cfg: DictConfig, ckpt: dict) -> dict:
             "num_classes": int(cfg.num_classes)}
 
 
-def load_served_explainer(path: str | os.PathLike, target: dict, num_classes: int | None = None,
+def load_served_explainer(path: str | os.PathLike | dict, target: dict, num_classes: int | None = None,
                           allow_target_mismatch: bool = False) -> Any:
-    """The explainer with the black box of the (resolved) ``target`` config attached and checked
-    against the checkpoint's fingerprint."""
-    from fex.tasks.common import build_blackbox
-
-    blackbox = build_blackbox(target, num_classes=num_classes)
-    return load_explainer(os.path.expanduser(str(path)), target=blackbox, allow_target_mismatch=allow_target_mismatch)
+    """The explainer of a checkpoint (a path, or the dict of :func:`~fex.checkpoint.read_checkpoint`) with the
+    black box of the (resolved) ``target`` config attached and checked against the checkpoint's fingerprint
+    (:func:`fex.explainer.explainer_for`, as every job opens one)."""
+    ckpt = path if isinstance(path, dict) else read_checkpoint(os.path.expanduser(str(path)))
+    n = num_classes if num_classes is not None else stored(ckpt, "num_classes")
+    return explainer_for({"target": target, "num_classes": n, "allow_target_mismatch": allow_target_mismatch}, ckpt)
 
 
 def load_gate(path: str | os.PathLike, explainer: Any, mode: Any = "auto") -> Any:
@@ -62,12 +63,6 @@ def load_gate(path: str | os.PathLike, explainer: Any, mode: Any = "auto") -> An
     if mode not in GATE_MODES:
         raise ConfigError(f"gate must be one of {GATE_MODES}, got {mode!r}")
     if mode == "off":
-        return None
-    try:
-        from fex.gate import Gate
-    except ImportError as exc:
-        if mode == "on":
-            raise ConfigError("gate=on but this fex has no trust gate (fex.gate)") from exc
         return None
     try:
         return Gate.load(os.path.expanduser(str(path)), blackbox=explainer.blackbox, masker=explainer.masker)

@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import numpy as np
+from starlette.exceptions import HTTPException
 
+# the fex.methods.METHODS a request may name: FEX and the per-instance methods quick enough to run inside one
 METHODS = ("fex", "feature_ablation", "kernel_shap")
 
 
@@ -322,7 +324,8 @@ def decode_pixels(body: dict) -> "np.ndarray":
 
 # --------------------------------------------------------------------------- ASGI gate
 class RequestGate:
-    """ASGI middleware: bounded body read, parse + validate, rewrite to the canonical JSON body.
+    """ASGI middleware: body read (within LitServer's payload limit), parse + validate, rewrite to the
+    canonical JSON body. A declared ``Content-Length`` over ``max_bytes`` is refused before reading.
 
     Bad requests are answered here (4xx, one-line ``detail``) and never reach a model worker.
     ``paths`` maps a POST path to ``"input"`` (explain/compare) or ``"gallery"``; gallery requests
@@ -377,16 +380,19 @@ class RequestGate:
         await self.app({**scope, "headers": new_headers}, replay, send)
 
     async def _read(self, receive: Callable) -> bytes:
-        chunks, total = [], 0
+        """The whole body. Its size is bounded by LitServer's payload limit (``max_payload_size``: the
+        ``receive`` it hands us refuses a body past the limit), answered here as a one-line 413."""
+        chunks = []
         while True:
-            msg = await receive()
+            try:
+                msg = await receive()
+            except HTTPException as exc:
+                if exc.status_code == 413:
+                    raise RequestError(413, f"payload larger than the limit of {self.max_bytes} bytes") from None
+                raise
             if msg["type"] == "http.disconnect":
                 raise RequestError(400, "client disconnected")
-            part = msg.get("body", b"")
-            total += len(part)
-            if total > self.max_bytes:
-                raise RequestError(413, f"payload larger than the limit of {self.max_bytes} bytes")
-            chunks.append(part)
+            chunks.append(msg.get("body", b""))
             if not msg.get("more_body", False):
                 return b"".join(chunks)
 

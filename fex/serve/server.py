@@ -22,9 +22,14 @@ from importlib import resources
 from typing import Any
 
 import litserve as ls
+import torch
 from starlette.responses import Response
 
+from fex.checkpoint import CKPT_KEY, read_checkpoint
+from fex.errors import FexError
 from fex.serve.card import explainer_card
+from fex.serve.engine import Engine, ItemError
+from fex.serve.loading import load_gate, load_served_explainer, serving_configs
 from fex.serve.parse import InputSpec, RequestGate
 
 log = logging.getLogger("fex.serve")
@@ -33,8 +38,6 @@ log = logging.getLogger("fex.serve")
 def _json_response(item: Any) -> Response:
     """A result as ready JSON bytes (serialised in the worker: FastAPI's per-element encoder is far
     slower for long lists of floats), or an :class:`~fex.serve.engine.ItemError` as its 4xx/5xx."""
-    from fex.serve.engine import ItemError
-
     if isinstance(item, ItemError):
         return Response(json.dumps({"detail": item.reason}), status_code=item.status, media_type="application/json")
     return Response(json.dumps(item, separators=(",", ":")), media_type="application/json")
@@ -50,21 +53,16 @@ class _EngineAPI(ls.LitAPI):
         self.settings = dict(settings)
 
     def setup(self, device: str) -> None:
-        import torch
-
-        import fex  # noqa: F401  (compat shims before anything imports lightning)
-        from fex.serve.engine import Engine
-        from fex.serve.loading import checkpoint_config, load_gate, load_served_explainer
-
         threads = self.settings.get("threads")
         if threads:
             torch.set_num_threads(int(threads))
         st = self.settings
-        explainer = load_served_explainer(self.checkpoint, st["target"], st.get("num_classes"),
+        ckpt = read_checkpoint(self.checkpoint)  # once per worker
+        explainer = load_served_explainer(ckpt, st["target"], st.get("num_classes"),
                                           allow_target_mismatch=bool(st.get("allow_target_mismatch")))
         if device and str(device) != "cpu":
             explainer.to(device)
-        cfg = {**checkpoint_config(self.checkpoint), "data": st.get("data")}
+        cfg = {**ckpt[CKPT_KEY]["config"], "data": st.get("data")}
         self.engine = Engine(explainer, cfg, kernel_shap_samples=st.get("kernel_shap_samples", 200),
                              curve_steps=st.get("curve_steps", 20),
                              class_names=st.get("class_names") or list(explainer.class_names),
@@ -97,9 +95,6 @@ class InspectAPI(_EngineAPI):
     gate routes it here with ``op: gallery``): the slow, unbatched path, in its own worker."""
 
     def predict(self, x: dict) -> Any:
-        from fex.errors import FexError
-        from fex.serve.engine import ItemError
-
         if x.get("op") == "gallery":
             try:
                 return self.engine.gallery(int(x["n"]))
@@ -124,9 +119,6 @@ def build_server(cfg: Any) -> ls.LitServer:
     """conf/serve.yaml -> a LitServer (not started). Fails fast on a missing/corrupt checkpoint."""
     from fastapi.responses import HTMLResponse, JSONResponse
 
-    from fex.explainer import CKPT_KEY, read_checkpoint
-    from fex.serve.loading import serving_configs
-
     path = os.path.abspath(os.path.expanduser(str(cfg.checkpoint)))
     ckpt = read_checkpoint(path)  # once, in this process; fail fast before starting workers
     config = ckpt[CKPT_KEY]["config"]
@@ -146,6 +138,7 @@ def build_server(cfg: Any) -> ls.LitServer:
                           "max_bytes": int(cfg.max_payload_bytes), "gallery_max": int(cfg.gallery_max)})
     server = ls.LitServer(apis, accelerator=str(cfg.accelerator), workers_per_device=int(cfg.workers),
                           timeout=float(cfg.timeout), middlewares=[request_gate], fast_queue=bool(cfg.fast_queue),
+                          max_payload_size=int(cfg.max_payload_bytes),  # LitServer's limit, outside the gate
                           model_metadata={"explainer": path, "modality": spec.modality})
     html = page_html()
 

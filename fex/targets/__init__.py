@@ -5,12 +5,12 @@ from typing import Any, Callable
 
 import torch
 
+from fex.blackbox import _slice, batch_len
+
 
 @torch.no_grad()
 def accuracy(model: Callable[[Any], torch.Tensor], x: Any, y: torch.Tensor, batch_size: int = 512) -> float:
     """Fraction of ``x`` (a tensor, a list of texts, a dict batch) whose argmax class is ``y``."""
-    from fex.blackbox import _slice, batch_len
-
     if isinstance(model, torch.nn.Module):
         model.eval()
     n = batch_len(x)

@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F_
 from torch import nn
 
 from fex.data.mnist import MNISTDataModule
 from fex.errors import TargetError
 from fex.io import atomic_write
 from fex.targets import accuracy
+from fex.targets.classifier import Classifier, fit, random_shift
 
 log = logging.getLogger(__name__)
 
@@ -37,27 +38,11 @@ class SmallCNN(nn.Module):
         return self.net(x)
 
 
-class _Classifier(pl.LightningModule):
-    def __init__(self, model: nn.Module, lr: float) -> None:
-        super().__init__()
-        self.model, self.lr = model, lr
-
-    def training_step(self, batch, batch_idx):
-        x, y, _ = batch
-        # light augmentation: random shifts of up to 2 pixels
-        dx, dy = torch.randint(-2, 3, (2,)).tolist()
-        x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-        loss = F_.cross_entropy(self.model(x), y)
-        self.log("target/train_loss", loss, prog_bar=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y, _ = batch
-        self.log("target/val_acc", (self.model(x).argmax(-1) == y).float().mean(), prog_bar=True)
-
-    def configure_optimizers(self):
-        opt = torch.optim.Adam(self.model.parameters(), lr=self.lr)
-        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=6, gamma=0.3)}
+def mnist_classifier(model: nn.Module, lr: float) -> Classifier:
+    """How the MNIST target trains: Adam at ``lr`` (x0.3 every 6 epochs), random shifts of up to 2 pixels."""
+    return Classifier(model, partial(torch.optim.Adam, lr=lr),
+                      scheduler=lambda opt, total: torch.optim.lr_scheduler.StepLR(opt, step_size=6, gamma=0.3),
+                      augment=random_shift, loss_name="target/train_loss", val_name="target/val_acc")
 
 
 DEFAULT_EPOCHS, DEFAULT_LR = 12, 2e-3
@@ -94,9 +79,7 @@ def pretrained_mnist_cnn(cache_dir: str = "~/.cache/fex", seed: int = 0, epochs:
     log.info("training the MNIST target CNN once (cached at %s)", path)
     pl.seed_everything(seed, workers=True)
     dm = MNISTDataModule(batch_size=64, val_size=val_size, test_size=test_size, seed=seed)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=True)
-    trainer.fit(_Classifier(model, lr), datamodule=dm)
+    fit(mnist_classifier(model, lr), epochs=epochs, progress=True, datamodule=dm)
     with atomic_write(path) as fh:  # a killed run never leaves a half-written cache
         torch.save(model.state_dict(), fh)
     test = dm.dataset("test")

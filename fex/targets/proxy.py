@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F_
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -31,6 +31,7 @@ from fex.blackbox import BlackBox, weights_hash
 from fex.data.mnist import MNISTDataModule
 from fex.io import write_bytes, write_json
 from fex.maskers.image import PatchMasker
+from fex.targets.classifier import Classifier, fit
 from fex.targets.mnist_cnn import pretrained_mnist_cnn
 
 log = logging.getLogger(__name__)
@@ -48,21 +49,6 @@ class TinyCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-class _Distill(pl.LightningModule):
-    def __init__(self, student: nn.Module, lr: float) -> None:
-        super().__init__()
-        self.student, self.lr = student, lr
-
-    def training_step(self, batch, batch_idx):
-        x, p_teacher = batch
-        loss = F_.kl_div(F_.log_softmax(self.student(x), -1), p_teacher, reduction="batchmean")
-        self.log("proxy/kl", loss, prog_bar=True)
-        return loss
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.student.parameters(), lr=self.lr)
 
 
 def random_keep_masks(n: int, copies: int, f: int, generator: torch.Generator) -> torch.Tensor:
@@ -90,10 +76,8 @@ def distill(student: nn.Module, inputs: torch.Tensor, p_teacher: torch.Tensor, e
             batch_size: int) -> nn.Module:
     """Fit ``student`` (inputs -> logits) to the teacher's probabilities by KL with Lightning; returns it in eval mode."""
     loader = DataLoader(TensorDataset(inputs, p_teacher), batch_size=batch_size, shuffle=True)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=False)
-    trainer.fit(_Distill(student, lr), train_dataloaders=loader)
-    return student.eval()
+    return fit(Classifier(student, partial(torch.optim.Adam, lr=lr), soft=True, loss_name="proxy/kl"), epochs=epochs,
+               train_dataloaders=loader)
 
 
 def save_proxy(path: Path, student: nn.Module, info: dict) -> None:

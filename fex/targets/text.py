@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fex.data.text import default_cache_dir, load_splits
 from fex.errors import InputError, TargetError
 from fex.io import write_json
+from fex.maskers.text import pool_words, resolve_model_path, split_words
 from fex.targets import accuracy
+from fex.targets.classifier import Classifier, fit
 
 log = logging.getLogger("fex")
 
@@ -101,8 +105,6 @@ def hf_classifier(path: str, max_length: int = 128, num_labels: int | None = Non
     """Load an ``AutoModelForSequenceClassification`` dir (or a hub name, when online)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from fex.maskers.text import resolve_model_path
-
     if os.path.isdir(os.path.expanduser(str(path))):
         _offline()
     p = resolve_model_path(path)
@@ -117,32 +119,15 @@ def hf_classifier(path: str, max_length: int = 128, num_labels: int | None = Non
 
 
 # --------------------------------------------------------------------------- fine-tuning
-class _SeqClsModule(pl.LightningModule):
-    def __init__(self, clf: HFTextClassifier, lr: float, train_last_n_layers: int | None) -> None:
-        super().__init__()
-        self.clf = clf
-        self.lr = lr
-        if train_last_n_layers is not None:
-            base = getattr(clf.model, clf.model.base_model_prefix)
-            layers = base.encoder.layer
-            for p in base.parameters():
-                p.requires_grad_(False)
-            for layer in layers[len(layers) - int(train_last_n_layers):]:
-                for p in layer.parameters():
-                    p.requires_grad_(True)
-
-    def training_step(self, batch, batch_idx):
-        texts, y, _ = batch
-        loss = nn.functional.cross_entropy(self.clf(texts), y)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(texts))
-        return loss
-
-    def configure_optimizers(self):
-        params = [p for p in self.clf.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.01)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.1 * total)) * max(0.0, 1 - s / total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+def freeze_all_but_last(clf: HFTextClassifier, n_layers: int) -> None:
+    """Train only the encoder's last ``n_layers`` layers (and the classification head)."""
+    base = getattr(clf.model, clf.model.base_model_prefix)
+    layers = base.encoder.layer
+    for p in base.parameters():
+        p.requires_grad_(False)
+    for layer in layers[len(layers) - int(n_layers):]:
+        for p in layer.parameters():
+            p.requires_grad_(True)
 
 
 def _collate_raw(items):
@@ -160,21 +145,18 @@ def finetune_classifier(base: str | None, train_set, num_labels: int, epochs: fl
     transformers.logging.set_verbosity_error()
     pl.seed_everything(seed, workers=True)
     clf = hf_classifier(base or "minilm", max_length=max_length, num_labels=num_labels)
-    module = _SeqClsModule(clf, lr, train_last_n_layers)
+    if train_last_n_layers is not None:
+        freeze_all_but_last(clf, train_last_n_layers)
+    # AdamW with linear warm-up over the first 10% of the steps, then linear decay (transformers' schedule)
+    module = Classifier(clf, partial(torch.optim.AdamW, lr=lr, weight_decay=0.01), interval="step",
+                        scheduler=lambda opt, total: transformers.get_linear_schedule_with_warmup(
+                            opt, num_warmup_steps=max(1, round(0.1 * total)), num_training_steps=total))
     loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, collate_fn=_collate_raw)
-    steps = int(round(epochs * len(loader)))
-    trainer = pl.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", devices=1, logger=False,
-                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
-                         num_sanity_val_steps=0)
-    trainer.fit(module, train_dataloaders=loader)
-    clf.eval()
-    return clf
+    return fit(module, steps=int(round(epochs * len(loader))), train_dataloaders=loader)
 
 
 def target_cache_path(cache_dir: str | None, prefix: str, source: str, settings: dict) -> Path:
     """``<cache>/targets/<prefix>_<source>_<hash of settings>``: one cached target per settings."""
-    from fex.data.text import default_cache_dir
-
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return Path(cache_dir or default_cache_dir()).expanduser() / "targets" / f"{prefix}_{source.replace('/', '_').replace(':', '_')}_{key}"
 
@@ -188,8 +170,6 @@ def minilm_sentiment(cache_dir: str | None = None, source: str = "rotten_tomatoe
     Trained on the train split of :func:`fex.data.text.load_splits` (same seed/sizes as the data
     config) and scored on the test split; the accuracy is printed and kept in ``fex_target.json``.
     """
-    from fex.data.text import load_splits
-
     settings = {"source": source, "seed": seed, "val_size": val_size, "test_size": test_size, "epochs": epochs,
                 "batch_size": batch_size, "lr": lr, "max_length": max_length,
                 "train_last_n_layers": train_last_n_layers, "base": base, "version": 1}
@@ -257,8 +237,6 @@ def integrated_gradients_words(hf_model: Any, tokenizer: Any = None, x: Any = No
     """
     from captum.attr import LayerIntegratedGradients
 
-    from fex.maskers.text import pool_words, split_words
-
     model = getattr(hf_model, "model", hf_model)
     tok = tokenizer if tokenizer is not None else getattr(hf_model, "tokenizer", None)
     if tok is None:
@@ -298,36 +276,3 @@ def integrated_gradients_words(hf_model: Any, tokenizer: Any = None, x: Any = No
             p.requires_grad_(r)
     tok_scores = attr.sum(-1).detach()  # [B, L]
     return pool_words(tok_scores, wid, max(len(w) for w in words), "sum").cpu()
-
-
-def _method_base():
-    from fex.baselines import Method
-
-    return Method
-
-
-class WordIntegratedGradients(_method_base()):
-    """Evaluation method ``integrated_gradients`` for text: :func:`integrated_gradients_words` on the
-    target's word-embedding layer (white box: needs an :class:`HFTextClassifier` target), on the
-    masker's word features. Each IG step is counted as one query."""
-
-    name = "integrated_gradients"
-
-    def __init__(self, blackbox: Any, masker: Any, n_steps: int = 50, internal_batch_size: int = 64,
-                 baseline: str = "mask", seed: int = 0) -> None:
-        super().__init__(blackbox, masker, seed)
-        if not hasattr(self.blackbox.model, "tokenizer") or not isinstance(self.blackbox.model, nn.Module):
-            raise TargetError("integrated_gradients on embeddings needs a transformers text target "
-                              f"(HFTextClassifier); this target is a {type(self.blackbox.model).__name__}")
-        self.n_steps, self.internal_batch_size, self.baseline = int(n_steps), int(internal_batch_size), baseline
-
-    def attribute(self, x: Any, target: Any) -> torch.Tensor:
-        self.masker.validate(x)
-        valid = self.masker.valid(x).cpu()
-        t = torch.as_tensor(target).long().flatten()
-        scores = integrated_gradients_words(self.blackbox.model, None, x, t, self.n_steps, self.internal_batch_size,
-                                            self.baseline)
-        self.blackbox.queries += self.n_steps * valid.shape[0]
-        out = torch.zeros(valid.shape)
-        out[:, : scores.shape[1]] = scores
-        return out * valid

@@ -30,8 +30,10 @@ import torch
 from torch import nn
 
 from fex.blackbox import BlackBox, weights_hash
+from fex.data.text import load_splits
+from fex.maskers.text import WordMasker, load_tokenizer, resolve_model_path
 from fex.targets.proxy import agreement, distill, random_keep_masks, save_proxy
-from fex.targets.text import as_texts
+from fex.targets.text import _offline, as_texts, minilm_sentiment, target_cache_path
 
 log = logging.getLogger("fex")
 VERSION = 1
@@ -40,9 +42,6 @@ VERSION = 1
 def input_embeddings(base: str | None = None) -> torch.Tensor:
     """The input word-embedding table [V, D] of a local transformers model (``None``: the bundled MiniLM)."""
     from transformers import AutoModel
-
-    from fex.maskers.text import resolve_model_path
-    from fex.targets.text import _offline
 
     p = resolve_model_path(base)
     if os.path.isdir(p):
@@ -81,8 +80,6 @@ def word_masked_copies(texts: Sequence[str], copies: int, seed: int, mode: str =
                        mask_token: str | None = None, max_length: int = 128) -> list[str]:
     """``copies`` versions of each text (text-major) with random words masked as the word masker masks
     them; each copy keeps each word with its own rate ~ U[0.1, 1] (as the MNIST proxy's patches)."""
-    from fex.maskers.text import WordMasker
-
     if copies <= 0 or not texts:
         return []
     masker = WordMasker(None, mode=mode, mask_token=mask_token, max_length=max_length)
@@ -119,8 +116,6 @@ def distill_text_proxy(teacher: Any, train_texts: Sequence[str], test_texts: Seq
     The agreement on ``test_texts`` (clean, and one word-masked copy each) is measured with uncounted
     queries (``agreement_queries`` in the record). ``record``: extra entries for the json (settings).
     """
-    from fex.maskers.text import WordMasker, load_tokenizer
-
     path = Path(path)
     t_start = time.perf_counter()
     bb = BlackBox(teacher, output=teacher_output, max_batch_size=teacher_max_batch_size)
@@ -163,8 +158,6 @@ def distill_text_proxy(teacher: Any, train_texts: Sequence[str], test_texts: Seq
 def load_text_proxy(path: str | os.PathLike, base: str | None = None, hidden: int = 256,
                     max_length: int = 64) -> BagOfEmbeddings:
     """A cached :func:`distill_text_proxy` student (its class count is read from the json beside it)."""
-    from fex.maskers.text import load_tokenizer
-
     path = Path(path)
     info = json.loads(path.with_suffix(".json").read_text())
     student = BagOfEmbeddings(input_embeddings(base), load_tokenizer(base), int(info["num_classes"]), hidden, max_length)
@@ -175,8 +168,6 @@ def load_text_proxy(path: str | os.PathLike, base: str | None = None, hidden: in
 # --------------------------------------------------------------------------- the MiniLM proxy
 def text_proxy_path(cache_dir: str | None, settings: dict) -> Path:
     """Where a proxy with these settings is cached (``.pt``; its record is the ``.json`` beside it)."""
-    from fex.targets.text import target_cache_path
-
     source = str(settings["teacher"].get("source", "rotten_tomatoes"))
     return target_cache_path(cache_dir, "minilm_proxy", source, settings).with_suffix(".pt")
 
@@ -204,9 +195,6 @@ def minilm_proxy(cache_dir: str | None = None, seed: int = 0, teacher: dict | No
     ``mask_mode`` / ``mask_token``: the explainer's word masker's ``mode`` / ``mask_token``.
     Cost: ``train_size * (1 + masked_copies)`` target queries (see :func:`text_proxy_info`).
     """
-    from fex.data.text import load_splits
-    from fex.targets.text import minilm_sentiment
-
     teacher_kw, settings = _settings(seed, teacher, masked_copies, mask_mode, mask_token, hidden, epochs, lr,
                                      batch_size, max_length)
     path = text_proxy_path(cache_dir, settings)

@@ -19,22 +19,22 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torch.utils.data._utils.collate import default_collate
 
 from fex import compare
 from fex import metrics as M
-from fex.baselines import Fex
+from fex.config import build_data, to_dict
 from fex.errors import DataError, FexError
-from fex.explainer import load_explainer, read_checkpoint
+from fex.explainer import open_checkpoint
 from fex.io import atomic_write, check_writable, write_json, write_text
 from fex.manifest import check_or_write, make_manifest
+from fex.methods import build_methods
 from fex.module import ExplainerModule
 from fex.render import plots
-from fex.tasks.common import build_blackbox, build_data, to_dict, with_checkpoint_defaults
-from fex.writer import AttributionWriter, RankSplitSampler, clean_tmp, finished_indices, read_shards
+from fex.writer import AttributionWriter, clean_tmp, finished_indices, read_shards
 
 
 def split_dataset(datamodule: Any, split: str) -> tuple[Any, Any]:
@@ -81,9 +81,11 @@ def attribute_split(cfg: DictConfig, explainer: ExplainerModule, ds: Any, loader
     if not todo:
         return {"rank": 0, "predicted": 0}
     bs = cfg.attribution.batch_size or loader.batch_size or 64
-    dl = DataLoader(ds, batch_size=int(bs), sampler=RankSplitSampler(todo), collate_fn=loader.collate_fn)
+    dl = DataLoader(Subset(ds, todo), batch_size=int(bs), shuffle=False, collate_fn=loader.collate_fn)
     writer = AttributionWriter(shard_dir, save_attributions=bool(cfg.attribution.save_attributions))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[writer], use_distributed_sampler=False)
+    # Lightning splits a predict loader across ranks without padding (UnrepeatedDistributedSamplerWrapper):
+    # every remaining row exactly once over all ranks
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[writer], use_distributed_sampler=True)
     trainer.predict(explainer, dataloaders=dl, return_predictions=False)
     if trainer.world_size > 1:
         trainer.strategy.barrier()
@@ -120,15 +122,6 @@ def score_split(cfg: DictConfig, explainer: ExplainerModule, ds: Any, loader: Da
             dels.append(M.deletion_auc(bb, masker, x, scores, target, steps))
             ins.append(M.insertion_auc(bb, masker, x, scores, target, steps))
     return {"eval/deletion_auc": float(torch.cat(dels).mean()), "eval/insertion_auc": float(torch.cat(ins).mean())}
-
-
-def build_methods(cfg: DictConfig, blackbox: Any, explainer: ExplainerModule) -> dict:
-    """name -> zero-argument factory (built lazily: one broken method is reported, not fatal)."""
-    out = {}
-    for name, mcfg in (cfg.get("method") or {}).items():
-        extra = {"explainer": explainer} if issubclass(get_class(mcfg._target_), Fex) else {}
-        out[name] = lambda mcfg=mcfg, extra=extra: instantiate(mcfg, blackbox=blackbox, masker=explainer.masker, **extra)
-    return out
 
 
 def stored_rows(rows: dict | None, index: list[int]) -> dict | None:
@@ -200,10 +193,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict, dict]:
     groups override them)."""
     pl.seed_everything(cfg.seed, workers=True)
     out = check_writable(cfg.output_dir)  # created lazily, by the first file written
-    ckpt = read_checkpoint(str(cfg.checkpoint))  # fail fast, before building the target
-    cfg = with_checkpoint_defaults(cfg, ckpt)
-    blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
-    explainer = load_explainer(ckpt, target=blackbox, allow_target_mismatch=bool(cfg.allow_target_mismatch))
+    cfg, explainer = open_checkpoint(cfg)  # read once, failing fast, before the target is built
+    blackbox = explainer.blackbox
     datamodule = build_data(cfg.data)
     ds, loader = split_dataset(datamodule, cfg.split)
     check_data(explainer.masker, loader, cfg.split)

@@ -20,11 +20,11 @@ import numpy as np
 from omegaconf import DictConfig
 
 from fex.errors import DataError
-from fex.explainer import load_explainer, read_checkpoint
+from fex.explainer import open_checkpoint
+from fex.gate import Gate
 from fex.inputs import check_options
 from fex.io import atomic_write, check_writable, write_json
 from fex.module import ExplainerModule
-from fex.tasks.common import build_blackbox, with_checkpoint_defaults
 
 
 def gate_fields(exp: dict, i: int) -> dict:
@@ -71,10 +71,7 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
     out = check_writable(cfg.output_dir)  # created lazily, by the first file written
     convert = {k: cfg.get(k, d) for k, d in (("input_size", "strict"), ("channels", "strict"), ("scale", "auto"))}
     check_options(**convert)  # a typo fails now, not per file
-    ckpt = read_checkpoint(str(cfg.checkpoint))  # once; fail fast, before building the target
-    cfg = with_checkpoint_defaults(cfg, ckpt)
-    blackbox = build_blackbox(cfg.target, num_classes=int(cfg.num_classes))
-    explainer = load_explainer(ckpt, target=blackbox, allow_target_mismatch=bool(cfg.allow_target_mismatch))
+    cfg, explainer = open_checkpoint(cfg)  # read once, failing fast, before the target is built
     renderer = explainer.masker.renderer()
     renderer.convert = convert  # explicit input conversions (images), see fex.inputs
     if sentence is not None:
@@ -87,8 +84,6 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
         raise DataError(f"nothing could be explained in {src} ({len(skipped)} inputs skipped)")
     verify = None
     if cfg.get("verify"):  # the calibrated trust gate of this checkpoint (<checkpoint>.gate.json)
-        from fex.gate import Gate
-
         verify = Gate.load(os.path.expanduser(str(cfg.checkpoint)))
     results = explain_items(explainer, items, out, int(cfg.batch_size), verify)
     keys = [str(r.get("file", r.get("line"))) for r in results]

@@ -23,9 +23,10 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
+from fex.config import build, build_blackbox, build_data, to_dict
 from fex.errors import ConfigError, DataError, TargetError
 from fex.io import atomic_write, write_json, write_text
-from fex.tasks.common import build, build_blackbox, build_data, to_dict
+from fex.render import markdown_table
 from fex.tda import ExactSolver, FullSampler, Influence, LossModel, top_k
 from fex.tda.evaluation import pearson, spearman
 from fex.tda.render import describe, render
@@ -108,8 +109,7 @@ def tda(cfg: DictConfig) -> tuple[dict, dict]:
                  explained=explained.numpy(), subset=infl.subset.numpy(), subset_weights=infl.weights.numpy())
 
     k = int(t.top_k)
-    shown, lines = [], ["| test row | label | pred (p) | explained | most helpful (row:label score) | most harmful (row:label score) |",
-                        "|---|---|---|---|---|---|"]
+    shown, lines = [], []
     for j, p in enumerate(pos):
         tk = top_k(scores[j], k)
 
@@ -117,8 +117,8 @@ def tda(cfg: DictConfig) -> tuple[dict, dict]:
             return ", ".join(f"{rows_tr[i]}:{describe(y_tr[i], names)} {float(scores[j, i]):+.3g}" for i in ix[:3].tolist())
 
         pred = int(probs[j].argmax())
-        lines.append(f"| {rows_te[p]} | {describe(y_te[p], names)} | {describe(pred, names)} ({float(probs[j].max()):.2f}) | "
-                     f"{describe(explained[j], names)} | {cell(tk['helpful'])} | {cell(tk['harmful'])} |")
+        lines.append([rows_te[p], describe(y_te[p], names), f"{describe(pred, names)} ({float(probs[j].max()):.2f})",
+                      describe(explained[j], names), cell(tk["helpful"]), cell(tk["harmful"])])
 
         def item(i):
             return {"x": x_tr[i], "title": f"#{rows_tr[i]} y={describe(y_tr[i], names)} {float(scores[j, i]):+.2g}"}
@@ -131,7 +131,8 @@ def tda(cfg: DictConfig) -> tuple[dict, dict]:
     if "tda/spearman_vs_exact_full" in metrics:
         summary += (f"; vs exact full-data Hessian: Spearman {metrics['tda/spearman_vs_exact_full']:.3f}, "
                     f"top-{k} overlap {metrics['tda/topk_overlap_vs_exact_full']:.2f}")
-    table = "\n".join(lines) + "\n" + summary + "\n"
+    table = markdown_table(["test row", "label", "pred (p)", "explained", "most helpful (row:label score)",
+                            "most harmful (row:label score)"], lines) + "\n" + summary + "\n"
     write_text(out / "table.md", table)
     picture = render(shown, out)
     write_json(out / "metrics.json", metrics)

@@ -5,6 +5,10 @@ Resuming: every run keeps ``<output_dir>/checkpoints/last.ckpt``, rewritten afte
 from the newest ``last.ckpt`` of the sibling runs (the same command rerun after a kill);
 ``resume=<path>`` from that file. Weights, optimizer, epoch/step and the training query
 count all continue where they stopped.
+
+The explainer (``<output_dir>/<ckpt_name>``) is written once at the end, by
+:func:`fex.explainer.save_explainer`: the kept (best) checkpoint's weights, or the last ones, with the
+configs and fingerprint; Lightning's training state and the reward bank stay in ``checkpoints/``.
 """
 from __future__ import annotations
 
@@ -18,11 +22,12 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from fex.callbacks import health_summary
+from fex.checkpoint import CKPT_KEY
+from fex.config import build, build_blackbox, build_data, instantiate_list
 from fex.errors import ConfigError
-from fex.explainer import build_explainer, load_explainer
-from fex.io import atomic_checkpoints, atomic_write, check_writable, copy_file, write_json
-from fex.module import BANK_KEY, ExplainerModule
-from fex.tasks.common import build, build_blackbox, build_data, instantiate_list
+from fex.explainer import build_explainer, save_explainer
+from fex.io import atomic_checkpoints, check_writable, write_json
+from fex.module import ExplainerModule
 
 LAST = "last.ckpt"
 
@@ -75,14 +80,12 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     cb = trainer.checkpoint_callback
     best = getattr(cb, "best_model_path", "") if cb else ""
     if trainer.is_global_zero:
-        if best and Path(best).is_file():
-            copy_file(best, ckpt_path)  # atomic: never a half-written explainer
-        else:
-            trainer.save_checkpoint(ckpt_path)  # atomic through fex.io.AtomicCheckpointIO
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if state.pop(BANK_KEY, None) is not None:  # the reward bank is training state for resume, not the explainer
-            with atomic_write(ckpt_path) as fh:
-                torch.save(state, fh)
+        recorded = None
+        if best and Path(best).is_file():  # the kept (best) weights, with the training cost recorded with them
+            kept = torch.load(best, map_location="cpu", weights_only=True)
+            module.load_state_dict(kept["state_dict"])
+            recorded = kept[CKPT_KEY]["train_queries"]
+        save_explainer(module, ckpt_path, train_queries=recorded)  # one atomic write: weights + configs, no bank
     if trainer.world_size > 1:
         trainer.strategy.barrier()
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -96,7 +99,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     objects = {"module": module, "trainer": trainer, "datamodule": datamodule, "blackbox": blackbox}
     if trainer.is_global_zero:
-        explainer = load_explainer(ckpt_path, target=blackbox)
+        explainer = module.eval()  # the saved explainer itself (its black box attached)
         objects["explainer"] = explainer
         metrics.update(report(cfg, explainer, datamodule, out))
         print(summary_line(metrics), flush=True)

@@ -19,7 +19,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.functional.classification import binary_f1_score
 
+from fex import metrics as M
 from fex.tda.ihvp import ExactSolver, LissaSolver
 from fex.tda.influence import Influence
 from fex.tda.model import LossModel
@@ -28,31 +30,18 @@ from fex.tda.samplers import FullSampler, Sampler, UniformSampler
 
 # --------------------------------------------------------------------------- small pure helpers
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
-    return float((a @ b) / (a.norm() * b.norm()).clamp_min(1e-300))
-
-
-def ranks(a: torch.Tensor) -> torch.Tensor:
-    """Average ranks (ties share the mean rank), 0-based."""
-    a = a.double()
-    order = torch.argsort(a, stable=True)
-    r = torch.empty_like(a)
-    r[order] = torch.arange(len(a), dtype=torch.double)
-    for v in a.unique()[torch.unique(a, return_counts=True)[1] > 1]:
-        tie = a == v
-        r[tie] = r[tie].mean()
-    return r
+    """Pearson correlation of two score vectors (:func:`fex.metrics.pearson` of one row)."""
+    return float(M.pearson(a.reshape(1, -1), b.reshape(1, -1))[0])
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    return pearson(ranks(a), ranks(b))
+    """Spearman rank correlation of two score vectors (:func:`fex.metrics.spearman` of one row)."""
+    return float(M.spearman(a.reshape(1, -1), b.reshape(1, -1))[0])
 
 
 def f1_score(pred: torch.Tensor, y: torch.Tensor, cls: int) -> float:
-    tp = float(((pred == cls) & (y == cls)).sum())
-    fp = float(((pred == cls) & (y != cls)).sum())
-    fn = float(((pred != cls) & (y == cls)).sum())
-    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+    """F1 of class ``cls`` against the rest (torchmetrics; 0 when it is never predicted or present)."""
+    return float(binary_f1_score((pred == cls).long(), (y == cls).long()))
 
 
 def fit_softmax(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float, weights: torch.Tensor | None = None,

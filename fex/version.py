@@ -1,0 +1,3 @@
+"""fex's version (written into every checkpoint it saves)."""
+
+__version__ = "0.1.0"
