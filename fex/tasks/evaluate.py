@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torch.utils.data._utils.collate import default_collate
 
 from fex import compare
@@ -81,11 +81,15 @@ def attribute_split(cfg: DictConfig, explainer: ExplainerModule, ds: Any, loader
     if not todo:
         return {"rank": 0, "predicted": 0}
     bs = cfg.attribution.batch_size or loader.batch_size or 64
-    dl = DataLoader(Subset(ds, todo), batch_size=int(bs), shuffle=False, collate_fn=loader.collate_fn)
     writer = AttributionWriter(shard_dir, save_attributions=bool(cfg.attribution.save_attributions))
     # Lightning splits a predict loader across ranks without padding (UnrepeatedDistributedSamplerWrapper):
-    # every remaining row exactly once over all ranks
+    # every remaining row exactly once over all ranks. It needs a row for every rank: with fewer rows left
+    # than ranks, a sampler of its own (which Lightning leaves alone) has every rank predict them all, and
+    # their identical shards are written atomically under the same names.
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[writer], use_distributed_sampler=True)
+    rows = Subset(ds, todo)
+    few = DistributedSampler(rows, num_replicas=1, rank=0, shuffle=False) if len(todo) < trainer.world_size else None
+    dl = DataLoader(rows, batch_size=int(bs), sampler=few, shuffle=False, collate_fn=loader.collate_fn)
     trainer.predict(explainer, dataloaders=dl, return_predictions=False)
     if trainer.world_size > 1:
         trainer.strategy.barrier()
