@@ -26,6 +26,7 @@ Encoded images are converted to the explainer's channels and resized to its inpu
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -326,7 +327,8 @@ class RequestGate:
 
     Bad requests are answered here (4xx, one-line ``detail``) and never reach a model worker.
     ``paths`` maps a POST path to ``"input"`` (explain/compare) or ``"gallery"``; gallery requests
-    are forwarded to the ``gallery_to`` route as ``{"op": "gallery", "n": n}``.
+    are forwarded to the ``gallery_to`` route as ``{"op": "gallery", "n": n}``. A request still in
+    flight when a stopping server's grace period ends gets a 503 (not uvicorn's bare 500).
     """
 
     def __init__(self, app: Any, spec: InputSpec, paths: dict[str, str], max_bytes: int, gallery_max: int = 16,
@@ -374,7 +376,19 @@ class RequestGate:
                 return {"type": "http.request", "body": data, "more_body": False}
             return await receive()  # after the body: wait for disconnect as the server would
 
-        await self.app({**scope, "headers": new_headers}, replay, send)
+        started = False
+
+        async def send_tracked(msg: dict) -> None:
+            nonlocal started
+            started = started or msg.get("type") == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app({**scope, "headers": new_headers}, replay, send_tracked)
+        except asyncio.CancelledError:  # the server stopped and its grace period ran out (uvicorn cancels)
+            if started:
+                raise
+            await self._reply(send, 503, {"detail": "the server is shutting down; send the request again"})
 
     async def _read(self, receive: Callable) -> bytes:
         chunks, total = [], 0
