@@ -411,6 +411,7 @@ def serve_settings(cfg: Any) -> dict:
             "timeout": _setting(cfg, "timeout", float, 0), "grace_period": _setting(cfg, "grace_period", float, 0),
             "max_payload_bytes": _setting(cfg, "max_payload_bytes", int, 1), "max_inputs": _setting(cfg, "max_inputs", int, 1),
             "max_text_chars": _setting(cfg, "max_text_chars", int, 1), "gallery_max": _setting(cfg, "gallery_max", int, 1),
+            "max_image_pixels": _setting(cfg, "max_image_pixels", int, 1),
             "kernel_shap_samples": _setting(cfg, "kernel_shap_samples", int, 1),
             "curve_steps": _setting(cfg, "curve_steps", int, 1)}
 
@@ -424,7 +425,8 @@ def build_server(cfg: Any) -> FexServer:
     path = os.path.abspath(os.path.expanduser(str(cfg.checkpoint)))
     ckpt = read_checkpoint(path)  # once, in this process; fail fast before starting workers
     config = ckpt[CKPT_KEY]["config"]
-    spec = InputSpec.from_config(config, max_inputs=knobs["max_inputs"], max_text_chars=knobs["max_text_chars"])
+    spec = InputSpec.from_config(config, max_inputs=knobs["max_inputs"], max_text_chars=knobs["max_text_chars"],
+                                 max_image_pixels=knobs["max_image_pixels"])
     settings = settings_from(cfg, serving_configs(cfg, ckpt))
     serving = {"max_batch_size": knobs["max_batch_size"], "batch_timeout_s": knobs["batch_timeout"],
                "max_payload_bytes": knobs["max_payload_bytes"], "max_inputs": knobs["max_inputs"],
