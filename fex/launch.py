@@ -110,7 +110,7 @@ def run(task: Callable[[Any], Any], cfg: Any) -> Any:
         if exc.errno not in DISK_ERRNOS:
             raise
         _cleanup(cfg)
-        fail(str(output_error_from(exc)))
+        fail(str(output_error_from(exc, where=_output_dir(cfg))))
 
 
 def _output_dir(cfg: Any) -> Path | None:
