@@ -82,11 +82,14 @@ MIN_FREE_BYTES = 1 << 20
 
 def check_writable(directory: str | os.PathLike, what: str = "output directory", min_free: int | None = None) -> Path:
     """Fail now, with one line, if ``directory`` could not be created or written (read-only, no
-    permission, full disk), instead of after an hour of work. Creates nothing that stays: the
+    permission, full disk, a dangling symlink on the way), instead of after an hour of work. Creates nothing that stays: the
     probe goes into the nearest existing ancestor (or the directory itself) and is removed."""
     directory = Path(os.path.expanduser(os.fspath(directory))).absolute()
     probe_dir = directory
     while not probe_dir.exists():
+        if probe_dir.is_symlink():  # mkdir would fail on it later, after the work
+            raise OutputError(f"{what} {directory}: {probe_dir} is a symlink to {os.readlink(probe_dir)}, "
+                              "which does not exist")
         probe_dir = probe_dir.parent
     if not probe_dir.is_dir():
         raise OutputError(f"{what} {directory}: {probe_dir} is a file, not a directory")

@@ -212,3 +212,21 @@ def test_full_disk_while_writing_the_explainer_is_whole_or_nothing(tmp_path, mon
         assert BANK_KEY not in torch.load(explainer, weights_only=True)
     assert [p.name for p in out.rglob(".*.tmp")] == []
     assert failed == (room == 1.0)
+
+
+@pytest.mark.parametrize("task", ["train", "evaluate", "explain"])
+def test_dangling_symlink_as_output_dir_is_refused_first(tmp_path, task):
+    """``output_dir`` (or a folder above it) is a symlink to nothing: the directory cannot be made, so the
+    job is refused before any work, not after explaining every input (issue 21)."""
+    from tests.conftest import compose
+
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    for out in (link, link / "run"):
+        with pytest.raises(OutputError, match=f"{link} is a symlink to .*gone, which does not exist"):
+            fio.check_writable(out)
+    extra = {"train": [], "evaluate": ["checkpoint=/nonexistent.ckpt"],
+             "explain": ["checkpoint=/nonexistent.ckpt", f"input={tmp_path}"]}[task]
+    mod = __import__(f"fex.tasks.{task}", fromlist=[task])
+    with pytest.raises(OutputError, match="which does not exist"):  # not CheckpointError: nothing else ran first
+        getattr(mod, task)(compose(task, extra, output_dir=link))
