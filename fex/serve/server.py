@@ -216,7 +216,8 @@ class FexServer(ls.LitServer):
     async def lifespan(self, app: Any):
         """In each HTTP process: die with the main process, and answer 503 at once for a request held by a
         model worker that died (LitServe would wait for it forever)."""
-        die_with(self.main_pid)
+        if os.getpid() != self.main_pid:  # an HTTP process (not threads of the main process)
+            die_with(self.main_pid)
         watch = asyncio.get_running_loop().create_task(self._fail_requests_of_dead_workers())
         try:
             async with super().lifespan(app):
