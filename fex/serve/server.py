@@ -20,8 +20,8 @@ Stopping and failing (:class:`FexServer`, LitServe's ``LitServer`` with its own 
   and LitServe's manager process exit, the port is free, exit status 0. A second signal stops
   everything at once (SIGKILL to every child; exit status 128 + the signal).
 * Model workers ignore SIGTERM/SIGINT sent to the whole process group (systemd, Ctrl+C): the main
-  process stops them after the drain. Every child dies with the main process, even after its kill -9
-  (Linux ``PR_SET_PDEATHSIG``).
+  process stops them after the drain. The HTTP processes and model workers die with the main process,
+  even after its kill -9 (Linux ``PR_SET_PDEATHSIG``); LitServe's manager process does not.
 * A model worker that dies is restarted (LitServe's ``restart_workers``); ``/health`` answers 503
   until it is ready again, and the requests it held get a 503 at once instead of waiting forever.
 * A model worker that cannot start (a checkpoint that does not load, say) ends ``fex-serve`` with its
@@ -52,7 +52,6 @@ from litserve.utils import LitAPIStatus, WorkerSetupStatus, dump_exception
 from starlette.responses import Response
 
 from fex.errors import ConfigError, FexError
-
 from fex.serve.card import explainer_card
 from fex.serve.parse import InputSpec, RequestGate
 
@@ -64,8 +63,8 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def die_with(parent_pid: int | None) -> None:
-    """This process gets SIGKILL when the thread that started it ends (Linux ``PR_SET_PDEATHSIG``): no
-    worker outlives ``fex-serve``, even after a kill -9 of the main process. Elsewhere: nothing.
+    """This process gets SIGKILL when the thread that started it ends (Linux ``PR_SET_PDEATHSIG``): it does
+    not outlive ``fex-serve``, even after a kill -9 of the main process. Elsewhere: nothing.
     (A worker LitServe's monitor restarted dies with the monitor's thread: stop that thread last.)"""
     if not sys.platform.startswith("linux"):
         return
