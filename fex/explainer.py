@@ -19,7 +19,7 @@ from fex.checkpoint import (CKPT_KEY, CKPT_VERSION, OBJECTIVE_TARGET, assemble, 
                             checkpoint_meta, portable, read_checkpoint, stored, upgrade)
 from fex.config import build, build_blackbox, to_dict, with_checkpoint_defaults
 from fex.errors import ConfigError
-from fex.io import atomic_write
+from fex.io import save_torch
 from fex.module import ExplainerModule, load_explainer
 
 __all__ = ["build_explainer", "open_checkpoint", "explainer_for", "save_explainer", "load_explainer",
@@ -90,6 +90,5 @@ def save_explainer(module: Any, path: str | os.PathLike, train_queries: int | No
     meta = checkpoint_meta(module)
     if train_queries is not None:
         meta["train_queries"] = int(train_queries)
-    with atomic_write(path) as fh:
-        torch.save({"state_dict": module.state_dict(), CKPT_KEY: meta}, fh)
+    save_torch(path, {"state_dict": module.state_dict(), CKPT_KEY: meta})  # one atomic write
     return os.fspath(path)

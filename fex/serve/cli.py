@@ -8,6 +8,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fex.config import compose, conf_dir
 from fex.errors import FexError
+from fex.launch import one_line
 from fex.serve.server import serve
 
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose_serve(args)
         serve(cfg)
     except (FexError, HydraException, OmegaConfBaseException) as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         if argv is None:
             sys.exit(2)
         return 2

@@ -16,7 +16,7 @@ from torch import nn
 
 from fex.data.mnist import MNISTDataModule
 from fex.errors import TargetError
-from fex.io import atomic_write
+from fex.io import save_torch
 from fex.targets import accuracy
 from fex.targets.classifier import Classifier, fit, random_shift
 
@@ -80,8 +80,7 @@ def pretrained_mnist_cnn(cache_dir: str = "~/.cache/fex", seed: int = 0, epochs:
     pl.seed_everything(seed, workers=True)
     dm = MNISTDataModule(batch_size=64, val_size=val_size, test_size=test_size, seed=seed)
     fit(mnist_classifier(model, lr), epochs=epochs, progress=True, datamodule=dm)
-    with atomic_write(path) as fh:  # a killed run never leaves a half-written cache
-        torch.save(model.state_dict(), fh)
+    save_torch(path, model.state_dict())  # a killed run never leaves a half-written cache
     test = dm.dataset("test")
     log.info("MNIST target test accuracy %.4f", accuracy(model, test.x, test.y))
     return model.eval()

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fex.blackbox import BlackBox, weights_hash
 from fex.data.mnist import MNISTDataModule
-from fex.io import write_bytes, write_json
+from fex.io import save_torch, write_json
 from fex.maskers.image import PatchMasker
 from fex.targets.classifier import Classifier, fit
 from fex.targets.mnist_cnn import pretrained_mnist_cnn
@@ -83,11 +83,7 @@ def distill(student: nn.Module, inputs: torch.Tensor, p_teacher: torch.Tensor, e
 def save_proxy(path: Path, student: nn.Module, info: dict) -> None:
     """The student's state_dict at ``path`` and its record at ``path.with_suffix('.json')``, both atomic
     (a killed run never leaves a half-written cache)."""
-    import io
-
-    buf = io.BytesIO()
-    torch.save(student.state_dict(), buf)
-    write_bytes(path, buf.getvalue())
+    save_torch(path, student.state_dict())
     write_json(path.with_suffix(".json"), info)
 
 
