@@ -76,7 +76,6 @@ def portable(node: Any) -> Any:
     return walk(raw, res)
 
 
-
 # --------------------------------------------------------------------------- reading and writing
 def checkpoint_meta(module: Any) -> dict:
     """``ckpt["fex"]`` for ``module`` (see the module docstring)."""

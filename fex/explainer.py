@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fex.blackbox import BlackBox
