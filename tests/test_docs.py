@@ -40,7 +40,7 @@ def test_docs_build_strict(tmp_path):
 def test_docs_build_fails_on_stale_api_name_and_broken_link(tmp_path):
     """The check above can fail: a copy of the docs with one stale name and one dead link does not build."""
     copy = tmp_path / "repo"
-    for item in ["mkdocs.yml", "docs", "fex", "benchmarks"]:
+    for item in ["mkdocs.yml", "README.md", "docs", "fex", "benchmarks"]:
         src = ROOT / item
         (shutil.copytree(src, copy / item, ignore=shutil.ignore_patterns("__pycache__", "*.py[co]"))
          if src.is_dir() else shutil.copy(src, copy / item))
@@ -48,7 +48,7 @@ def test_docs_build_fails_on_stale_api_name_and_broken_link(tmp_path):
     res = mkdocs_build(copy, tmp_path / "site")
     assert res.returncode != 0 and "fex.no_such_module" in res.stderr, res.stderr[-2000:]
     (copy / "docs" / "api.md").write_text((ROOT / "docs" / "api.md").read_text())
-    (copy / "docs" / "index.md").write_text((ROOT / "docs" / "index.md").read_text() + "\n[x](no-such-page.md)\n")
+    (copy / "docs" / "api.md").write_text((ROOT / "docs" / "api.md").read_text() + "\n[x](no-such-page.md)\n")
     res = mkdocs_build(copy, tmp_path / "site")
     assert res.returncode != 0 and "no-such-page.md" in res.stderr, res.stderr[-2000:]
 

@@ -1,5 +1,7 @@
 """Run by mkdocs-gen-files at build time (mkdocs.yml): writes pages that must follow the tree.
 
+0. ``index.md``: the README, the site's home page (its ``docs/…`` links made site-relative).
+
 1. ``reference/``: one page per module of the ``fex`` package, found by walking ``fex/`` now, so a
    module that is moved, renamed or removed never leaves a stale page; ``reference/SUMMARY.md`` is
    their nav (mkdocs-literate-nav).
@@ -13,6 +15,10 @@ import mkdocs_gen_files
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "fex"
+
+with mkdocs_gen_files.open("index.md", "w") as f:
+    f.write((ROOT / "README.md").read_text().replace("](docs/", "]("))
+mkdocs_gen_files.set_edit_path("index.md", "README.md")
 
 nav = mkdocs_gen_files.Nav()
 for path in sorted(PACKAGE.rglob("*.py")):
