@@ -63,6 +63,7 @@ def tda_app(cfg: DictConfig) -> None:
 
 
 def tda_main() -> None:
+    precheck("tda", config_dir=CONF)
     tda_app()
 
 

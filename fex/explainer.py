@@ -126,10 +126,9 @@ def checkpoint_meta(module: Any) -> dict:
 
 def save_explainer(module: Any, path: str | os.PathLike) -> str:
     """Write ``module`` as a (weights-only) fex checkpoint, atomically."""
-    from fex.io import atomic_write
+    from fex.io import save_torch
 
-    with atomic_write(path) as fh:
-        torch.save({"state_dict": module.state_dict(), CKPT_KEY: checkpoint_meta(module)}, fh)
+    save_torch(path, {"state_dict": module.state_dict(), CKPT_KEY: checkpoint_meta(module)})
     return os.fspath(path)
 
 

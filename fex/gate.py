@@ -50,6 +50,7 @@ from fex.io import write_json
 from fex.maskers.base import Masker
 
 SIDECAR_SUFFIX = ".gate.json"
+NO_THRESHOLD = "-inf"  # a calibration on too few inputs for its alpha: every explanation passes (said, not null)
 SIDECAR_FORMAT = "fex-gate"
 SIDECAR_VERSION = 1
 COMPARATORS = ("bottom", "random")
@@ -334,7 +335,8 @@ class Gate:
             raise CheckpointError(f"checkpoint not found: {ckpt}")
         return write_json(sidecar_path(ckpt), {
             "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "checkpoint": ckpt.name,
-            "checkpoint_sha256": sha256_file(ckpt), "threshold": self.threshold if math.isfinite(self.threshold) else None,
+            "checkpoint_sha256": sha256_file(ckpt),
+            "threshold": self.threshold if math.isfinite(self.threshold) else NO_THRESHOLD,
             **self.settings(), "calibration": self.calibration})
 
     @classmethod
@@ -361,11 +363,35 @@ class Gate:
                                   f"{str(meta.get('checkpoint_sha256'))[:12]}, this one is {digest[:12]}; recalibrate")
         kw = {k: meta[k] for k in ("fractions", "comparator", "alpha", "max_queries", "fallback", "fallback_kwargs",
                                    "seed") if k in meta}
+        _check_sidecar_types(side, {"threshold": meta.get("threshold"), **kw})
         kw.update(overrides)
-        thr = meta.get("threshold")
-        gate = cls(blackbox=blackbox, masker=masker, threshold=-math.inf if thr is None else thr, **kw)
+        thr = meta["threshold"]
+        gate = cls(blackbox=blackbox, masker=masker, threshold=-math.inf if thr == NO_THRESHOLD else thr, **kw)
         gate.calibration = meta.get("calibration", {})
         return gate
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_sidecar_types(side: Path, meta: dict) -> None:
+    """A sidecar is data: each value of the type it must have, or one line naming the field. (``threshold:
+    null`` would let every input pass; ``"abc"`` would fail deep inside with a traceback.)"""
+    checks = {
+        "threshold": (lambda v: _is_number(v) or v == NO_THRESHOLD, f"a finite number (or {NO_THRESHOLD!r})"),
+        "fractions": (lambda v: isinstance(v, list) and all(_is_number(f) for f in v), "a list of numbers"),
+        "comparator": (lambda v: isinstance(v, str), "a string"),
+        "alpha": (_is_number, "a number"),
+        "max_queries": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+        "fallback": (lambda v: v is None or isinstance(v, str), "a method name or null"),
+        "fallback_kwargs": (lambda v: v is None or isinstance(v, dict), "an object"),
+        "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    }
+    for key, value in meta.items():
+        ok, want = checks[key]
+        if not ok(value):
+            raise CheckpointError(f"gate calibration {side.name}: {key} must be {want}, got {json.dumps(value)[:60]}")
 
 
 def as_gate(verify: Any) -> Gate:

@@ -1,6 +1,6 @@
 """Files fex writes appear whole or not at all: write to a temporary file beside the target,
 fsync, then rename over it. A failure (full disk, kill) leaves the old file (or nothing) and no
-temporary behind."""
+temporary behind, and a disk error names the file it was writing."""
 from __future__ import annotations
 
 import contextlib
@@ -30,9 +30,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp), tmp):  # name the file, not its temporary
+            exc.filename = str(path)
         raise
 
 
@@ -50,6 +52,14 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_write(path, "wb") as fh:
         fh.write(data)
     return Path(path)
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save`` whole or not at all: serialised in memory first (torch's zip writer turns a full disk
+    into a RuntimeError that names no file), then one atomic write."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_bytes(path, buf.getbuffer())
 
 
 def write_npz(path: str | os.PathLike, **arrays: Any) -> Path:
@@ -72,11 +82,14 @@ MIN_FREE_BYTES = 1 << 20
 
 def check_writable(directory: str | os.PathLike, what: str = "output directory", min_free: int | None = None) -> Path:
     """Fail now, with one line, if ``directory`` could not be created or written (read-only, no
-    permission, full disk), instead of after an hour of work. Creates nothing that stays: the
+    permission, full disk, a dangling symlink on the way), instead of after an hour of work. Creates nothing that stays: the
     probe goes into the nearest existing ancestor (or the directory itself) and is removed."""
     directory = Path(os.path.expanduser(os.fspath(directory))).absolute()
     probe_dir = directory
     while not probe_dir.exists():
+        if probe_dir.is_symlink():  # mkdir would fail on it later, after the work
+            raise OutputError(f"{what} {directory}: {probe_dir} is a symlink to {os.readlink(probe_dir)}, "
+                              "which does not exist")
         probe_dir = probe_dir.parent
     if not probe_dir.is_dir():
         raise OutputError(f"{what} {directory}: {probe_dir} is a file, not a directory")
@@ -124,10 +137,11 @@ def remove_empty_dirs(directory: str | os.PathLike, bookkeeping: tuple[str, ...]
     return not directory.exists()
 
 
-def output_error_from(exc: OSError, what: str = "cannot write") -> OutputError:
-    """A disk error (full, read-only, no permission) as one line naming the file."""
-    where = exc.filename or ""
-    return OutputError(f"{what}{' ' + str(where) if where else ''}: {exc.strerror or exc}")
+def output_error_from(exc: OSError, what: str = "cannot write", where: str | os.PathLike | None = None) -> OutputError:
+    """A disk error (full, read-only, no permission) as one line naming the file (or, when the error
+    names none, ``where``: the directory being written)."""
+    name = exc.filename or (f"in {where}" if where else "")
+    return OutputError(f"{what}{' ' + str(name) if name else ''}: {exc.strerror or exc}")
 
 
 DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
@@ -141,9 +155,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
-        buf = io.BytesIO()
-        torch.save(checkpoint, buf)
-        write_bytes(path, buf.getbuffer())
+        save_torch(path, checkpoint)
 
 
 def atomic_checkpoints(trainer: Any) -> Any:

@@ -1,9 +1,10 @@
 """What the Hydra entry shims (train.py, evaluate.py) share: one-line errors and exit code 2.
 
 ``precheck(config_name)`` composes the config the way ``@hydra.main`` will, before Hydra
-creates a run directory, so that a bad override (``foo=1``), a missing mandatory value
+creates a run directory, so that a bad override (``foo=1``), a value of the wrong type
+(``trainer.max_epochs=abc`` where the config has an integer), a missing mandatory value
 (``checkpoint=???``) or an unwritable run directory ends with ``error: ...`` and exit 2
-instead of Hydra's multi-line report and exit 1. ``run(task, cfg)`` calls the task and turns
+instead of Hydra's multi-line report (or a traceback later) and exit 1. ``run(task, cfg)`` calls the task and turns
 fex errors and disk errors (full, read-only) into the same one line, removing the run
 directory if the failed run left nothing in it but Hydra's bookkeeping.
 """
@@ -59,6 +60,52 @@ def _missing(node: Any, where: str = "") -> list[str]:
     return [where] if node == "???" else []
 
 
+def _kind(value: Any) -> str | None:
+    """The type a config value asks of an override: integer, number, true/false (None: anything)."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    return None
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if value is None or isinstance(value, str) and value.startswith("${"):
+        return True
+    if kind == "true or false":
+        return isinstance(value, bool)
+    if kind == "an integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_types(config_name: str, overrides: list[str], composed: Any, config_dir: str | Path = CONF) -> None:
+    """An override must keep the type of the value it replaces (``trainer.max_epochs=abc`` is refused where
+    the config has an integer; Lightning would take the string and fail an assert mid-run). The replaced
+    values come from the same config composed with the config-group choices of the command line only."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    groups = set(OmegaConf.to_container(composed.hydra.runtime.choices))
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    values = [o for o in parsed if o.key_or_group not in groups and not o.key_or_group.startswith("hydra.")
+              and not o.is_delete() and o.package is None]
+    if not values:
+        return
+    choices = [o.input_line for o in parsed if o not in values]
+    with initialize_config_dir(str(config_dir), version_base="1.3"):
+        defaults = compose(config_name, overrides=choices)
+    for o in values:
+        key = o.key_or_group
+        kind = _kind(OmegaConf.select(defaults, key, default=None, throw_on_resolution_failure=False))
+        new = OmegaConf.select(composed, key, default=None, throw_on_resolution_failure=False)
+        if kind and not _fits(new, kind):
+            fail(f"{key} must be {kind}, got {o.input_line.split('=', 1)[1]!r}")
+
+
 def precheck(config_name: str, argv: list[str] | None = None, config_dir: str | Path = CONF) -> None:
     """Exit 2 with one line if the command line would not compose, leaves a mandatory value
     unset, or points at a run directory that cannot be written. Hydra's own flags (--help,
@@ -77,6 +124,7 @@ def precheck(config_name: str, argv: list[str] | None = None, config_dir: str | 
         overrides = _first_of_sweeps(args) if multirun else args
         with initialize_config_dir(str(config_dir), version_base="1.3"):
             cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        check_types(config_name, overrides, cfg, config_dir)
     except (HydraException, OmegaConfBaseException) as exc:
         fail(one_line(exc))
     job = OmegaConf.to_container(cfg, resolve=False)
@@ -110,7 +158,7 @@ def run(task: Callable[[Any], Any], cfg: Any) -> Any:
         if exc.errno not in DISK_ERRNOS:
             raise
         _cleanup(cfg)
-        fail(str(output_error_from(exc)))
+        fail(str(output_error_from(exc, where=_output_dir(cfg))))
 
 
 def _output_dir(cfg: Any) -> Path | None:

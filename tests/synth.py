@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import fex.registry
+from fex.data.base import SplitDataModule
 from fex.maskers.image import grid_feature_mask
 
 
@@ -73,12 +74,25 @@ class RandomImagesData(pl.LightningDataModule):
     train_dataloader = val_dataloader = predict_dataloader = test_dataloader
 
 
+class ShuffledImagesData(SplitDataModule):
+    """RandomImages as every split, through fex's own split plumbing: the training split is shuffled as
+    fex's datamodules shuffle it (tests of resuming)."""
+
+    def __init__(self, n: int = 64, batch_size: int = 8, seed: int = 0) -> None:
+        super().__init__()
+        self.ds, self.batch_size, self.seed = RandomImages(n, seed), int(batch_size), int(seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        self._splits = {"train": self.ds, "val": self.ds, "test": self.ds}
+
+
 SYNTH_DATA = {"_target_": "tests.synth.RandomImagesData", "n": 40, "batch_size": 8, "seed": 0, "num_classes": 2,
               "input_shape": [1, 28, 28]}  # = tests/conf/data/synth.yaml
 
 
 # test-only data/target classes a checkpoint may name as its defaults (explicit, as a user would)
 fex.registry.register(RandomImagesData, group="data")
+fex.registry.register(ShuffledImagesData, group="data")
 fex.registry.register(LinearPatchTarget, group="target")
 
 

@@ -59,3 +59,22 @@ def test_bad_input_exits_with_one_line_error(tmp_path, mnist_target, args, messa
     assert last.startswith(message), last
     assert "Traceback" not in res.stderr
     assert not list(Path(tmp_path).glob("**/explainer.ckpt"))  # nothing half-written
+
+
+@pytest.mark.parametrize("cmd, args, message", [
+    ("train.py", ["trainer.max_epochs=abc"], "error: trainer.max_epochs must be an integer, got 'abc'"),
+    ("train.py", ["optimizer.lr=fast"], "error: optimizer.lr must be a number, got 'fast'"),
+    ("fex-tda", ["foo=1"], "error: Could not override 'foo'."),
+])
+def test_wrong_value_exits_with_one_line_and_no_run_dir(tmp_path, cmd, args, message):
+    """A value of the wrong type for the config's own (issue 21): refused before Hydra makes a run dir,
+    not a traceback after it; fex-tda's unknown key gets the same one line as the other commands."""
+    run_dir = tmp_path / "run"
+    prog = [str(ROOT / "train.py")] if cmd == "train.py" else ["-c", "from fex.cli import tda_main; tda_main()"]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+    res = subprocess.run([sys.executable, *prog, *args, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), res.stderr[-2000:]
+    assert not run_dir.exists()

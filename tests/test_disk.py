@@ -168,3 +168,65 @@ def test_failed_run_removes_only_the_dir_it_created(tmp_path, capsys):
             run(failing, {"output_dir": str(tmp_path / name), "name": name})
         assert e.value.code == 2 and capsys.readouterr().err == "error: bad data\n"
         assert (tmp_path / name).exists() == existed  # a directory the user made is left alone
+
+
+@pytest.mark.parametrize("room", [1.0, 2.0])
+def test_full_disk_while_writing_the_explainer_is_whole_or_nothing(tmp_path, monkeypatch, capsys, mnist_target, room):
+    """The disk fills at the very end of training, while the explainer checkpoint is written (issue 21).
+    The disk holds ``room`` times last.ckpt (the training checkpoint, with its reward bank) in last.ckpt
+    and the run's top-level checkpoint files: 1.0 leaves no room for the explainer; 2.0 for one more copy
+    of last.ckpt, not for a copy and a stripped rewrite. Either the run ends with one line naming the file and no explainer checkpoint, or
+    with an explainer checkpoint without the bank; never one holding the bank."""
+    from fex.launch import run
+    from fex.module import BANK_KEY
+    from fex.tasks.train import train
+    from tests.conftest import FAST, compose
+
+    out = tmp_path / "run"
+    real_fsync = os.fsync
+
+    def fsync(fd):  # ENOSPC once the checkpoint files would exceed the room (a full disk reports it here too)
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        last = out / "checkpoints" / "last.ckpt"
+        if name.startswith(str(out)) and ".ckpt" in name and last.is_file():
+            used = last.stat().st_size + sum(p.stat().st_size for p in out.glob("*.ckpt*"))  # with the temporary
+            if used > room * last.stat().st_size:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    cfg = compose("train", FAST + ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1"], output_dir=out)
+    try:
+        run(train, cfg)
+        failed = False
+    except SystemExit as e:
+        assert e.code == 2
+        failed = True
+    assert BANK_KEY in torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)  # the case in question
+    explainer = out / "explainer.ckpt"
+    if failed:
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: cannot write {explainer}: No space left on device"], err
+        assert not explainer.exists()
+    else:
+        assert BANK_KEY not in torch.load(explainer, weights_only=True)
+    assert [p.name for p in out.rglob(".*.tmp")] == []
+    assert failed == (room == 1.0)
+
+
+@pytest.mark.parametrize("task", ["train", "evaluate", "explain"])
+def test_dangling_symlink_as_output_dir_is_refused_first(tmp_path, task):
+    """``output_dir`` (or a folder above it) is a symlink to nothing: the directory cannot be made, so the
+    job is refused before any work, not after explaining every input (issue 21)."""
+    from tests.conftest import compose
+
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    for out in (link, link / "run"):
+        with pytest.raises(OutputError, match=f"{link} is a symlink to .*gone, which does not exist"):
+            fio.check_writable(out)
+    extra = {"train": [], "evaluate": ["checkpoint=/nonexistent.ckpt"],
+             "explain": ["checkpoint=/nonexistent.ckpt", f"input={tmp_path}"]}[task]
+    mod = __import__(f"fex.tasks.{task}", fromlist=[task])
+    with pytest.raises(OutputError, match="which does not exist"):  # not CheckpointError: nothing else ran first
+        getattr(mod, task)(compose(task, extra, output_dir=link))

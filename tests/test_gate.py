@@ -325,3 +325,33 @@ def test_gate_on_words_with_variable_lengths():
     assert not bad["passed"].any() and bad["queries"].tolist() == (5 + n + 1).tolist()
     assert bb.queries - q0 == int((5 + n + 1).sum())
     assert (bad["scores"].argmax(1) == planted.float().argmax(1)).all()  # the fallback finds the word
+
+
+@pytest.mark.parametrize("field, value, word", [
+    ("threshold", None, "threshold must be a finite number"),  # null would let every input pass
+    ("threshold", "abc", "threshold must be a finite number"),
+    ("max_queries", "x", "max_queries must be an integer"),
+    ("alpha", True, "alpha must be a number"),
+    ("fractions", [0.1, "a"], "fractions must be a list of numbers"),
+])
+def test_tampered_sidecar_is_refused_in_one_line(tmp_path, field, value, word):
+    bb = BlackBox(LinearPatchTarget(), num_classes=2)
+    ckpt = make_checkpoint(tmp_path / "explainer.ckpt", bb)
+    Gate(fallback=None, threshold=0.25).save(ckpt)
+    side = sidecar_path(ckpt)
+    meta = json.loads(side.read_text())
+    meta[field] = value
+    side.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as e:
+        Gate.load(ckpt)
+    assert word in str(e.value) and "\n" not in str(e.value)
+
+
+def test_uncalibratable_threshold_is_saved_as_said(tmp_path):
+    """Too few calibration inputs for alpha: the threshold is -inf (every explanation passes); the sidecar
+    says so in words, and it loads back."""
+    bb = BlackBox(LinearPatchTarget(), num_classes=2)
+    ckpt = make_checkpoint(tmp_path / "explainer.ckpt", bb)
+    Gate(fallback=None, threshold=float("-inf")).save(ckpt)
+    assert json.loads(sidecar_path(ckpt).read_text())["threshold"] == "-inf"
+    assert Gate.load(ckpt).threshold == float("-inf")

@@ -129,3 +129,116 @@ def test_gallery_needs_data(engine):
     bare = Engine(engine.explainer, {**engine.config, "data": None})
     with pytest.raises(FexError, match="no data config"):
         bare.gallery(2)
+
+
+# --------------------------------------------------------------------------- issue 21: strict requests
+def parse(obj, spec=None, ctype: str = "application/json", query: str = ""):
+    from fex.serve.parse import InputSpec, parse_body
+
+    spec = spec or InputSpec("image", (1, 28, 28), 10)
+    data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    return asyncio.run(parse_body(data, ctype, spec, query=query))
+
+
+IMG = np.zeros((28, 28)).tolist()
+
+
+@pytest.mark.parametrize("obj, word", [
+    ({"image": IMG, "target": "3"}, "integer class index"),
+    ({"image": IMG, "target": True}, "integer class index"),
+    ({"image": IMG, "target": 3.0}, "integer class index"),
+    ({"images": [IMG, IMG], "target": [1]}, "1 entries for 2 inputs"),
+    ({"images": [IMG, IMG], "target": [1, False]}, "integer class index"),
+    ({"image": [[True] * 28] * 28}, "not a rectangular array of numbers"),
+    ({"image": [[0.5] * 27 + [False]] * 28}, "not a rectangular array of numbers"),  # one bool among floats
+    ({"image": [[None] * 28] * 28}, "not a rectangular array of numbers"),
+    ({"image": IMG, "traget": 3}, "unknown field ['traget']"),
+    ({"image": IMG, "mode": "fast", "x": 1}, "unknown fields ['mode', 'x']"),
+])
+def test_request_types_are_strict(obj, word):
+    from fex.serve.parse import RequestError
+
+    with pytest.raises(RequestError) as e:
+        parse(obj)
+    assert e.value.status == 422 and word in e.value.reason, e.value.reason
+
+
+def test_strict_types_still_take_what_is_right():
+    assert parse({"images": [IMG, IMG], "target": 3})["target"] == [3, 3]  # one class for every input
+    assert parse({"images": [IMG, IMG], "target": [1, 2]})["target"] == [1, 2]
+    assert parse({"image": [[1] * 28] * 28})["n"] == 1  # integer pixels are numbers
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (28, 28)).save(buf, format="PNG")  # outside JSON, target is text: digits are read
+    assert parse(buf.getvalue(), ctype="image/png", query="target=4")["target"] == [4]
+
+
+def test_lone_surrogate_text_is_refused_in_the_gate():
+    from fex.serve.parse import InputSpec, RequestError
+
+    spec = InputSpec("text")
+    raw = b'{"texts": ["a fine film", "a lovely \\ud800 film"]}'  # what a client's JSON may carry
+    with pytest.raises(RequestError) as e:
+        parse(raw, spec)
+    assert e.value.status == 422 and "text 1 is not valid Unicode" in e.value.reason
+
+
+def test_a_text_that_cannot_be_explained_fails_alone(tmp_path):
+    """Past the gate (a request the gate let through, or a tokenizer that raises): the batch splits and only
+    that request fails."""
+    from fex.serve.engine import Engine, ItemError
+    from fex.serve.loading import checkpoint_config, load_served_explainer
+    from tests.serve_helpers import TEXT_TARGET, text_checkpoint
+
+    ckpt = text_checkpoint(tmp_path / "text.ckpt")
+    eng = Engine(load_served_explainer(ckpt, TEXT_TARGET, 2), checkpoint_config(ckpt))
+    tb = lambda t: {"kind": "text", "n": 1, "texts": [t], "target": None, "method": "fex", "map": True}  # noqa: E731
+    texts = [f"a great film number {i}" for i in range(23)]
+    out = eng.explain_many([tb(t) for t in texts[:11]] + [tb("a lovely \ud800 film")] + [tb(t) for t in texts[11:]])
+    assert isinstance(out[11], ItemError) and 400 <= out[11].status < 600
+    good = [r for i, r in enumerate(out) if i != 11]
+    assert all(isinstance(r, dict) and r["words"] for r in good)
+    assert good[0]["scores"] == eng.explain_many([tb(texts[0])])[0]["scores"]
+
+
+def test_huge_png_is_refused_from_its_header(tmp_path):
+    """A 12000x12000 PNG (18 MB as 1-bit) is refused with 413 before it is decoded: the process's peak
+    memory grows by far less than one decoded copy (144 MB as 8-bit gray)."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tests.serve_helpers import ROOT
+
+    path = tmp_path / "huge.png"
+    Image.new("1", (12000, 12000)).save(path, format="PNG")
+    code = ("import resource, sys; from fex.serve.parse import RequestError, decode_image_bytes\n"
+            "data = open(sys.argv[1], 'rb').read()\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "try:\n    decode_image_bytes(data, (1, 28, 28)); print('decoded')\n"
+            "except RequestError as e:\n    print(e.status, e.reason)\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n")
+    res = subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    status, grown_mb = res.stdout.strip().splitlines()
+    assert status.startswith("413 image of 12000x12000 pixels is larger than the limit"), res.stdout + res.stderr
+    assert int(grown_mb) < 50
+
+
+def test_openapi_info_and_card_show_no_directories(tmp_path):
+    """GET /openapi.json is FastAPI's schema of the routes (it failed on the page's routes); /info and the
+    card name the checkpoint's file, not where it lives."""
+    from fex.serve.cli import compose_serve
+    from fex.serve.server import build_server
+    from tests.serve_helpers import target_args
+
+    ckpt = image_checkpoint(tmp_path / "secret-dir" / "image.ckpt")
+    server = build_server(compose_serve([f"checkpoint={ckpt}", *target_args(IMAGE_TARGET)]))
+    schema = server.app.openapi()
+    assert {"/explain", "/compare", "/card", "/health"} <= set(schema["paths"])
+    assert server.model_metadata["explainer"] == "image.ckpt"
+    card = next(r for r in server.app.router.routes if getattr(r, "path", None) == "/card")
+    body = asyncio.run(card.endpoint()).body.decode()
+    assert "secret-dir" not in body and json.loads(body)["checkpoint"] == "image.ckpt"

@@ -241,6 +241,7 @@ class TextDataModule(SplitDataModule):
         self.collate = TextCollate(tokenizer, max_length, too_long)
         self.batch_size, self.num_workers, self.limit = int(batch_size), int(num_workers), limit
         self.split_kw = dict(val_size=val_size, test_size=test_size, seed=seed)
+        self.seed = int(seed)  # the training order (fex.data.base.epoch_sampler)
         self.source_kw = dict(text_column=text_column, label_column=label_column,
                               label_names=list(label_names) if label_names is not None else None,
                               hf_split=hf_split, hf_config=hf_config)

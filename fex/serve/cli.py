@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from fex.errors import FexError
+from fex.launch import one_line
 from fex.tasks.common import conf_dir
 
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
         serve(cfg)
     except (FexError, HydraException, OmegaConfBaseException) as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         if argv is None:
             sys.exit(2)
         return 2

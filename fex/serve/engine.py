@@ -194,30 +194,31 @@ class Engine:
         return results
 
     def _run_fex(self, bodies: list[dict], items: list[tuple[int, Any]], per_input: list, results: list) -> None:
+        """The FEX requests of a batch in one pass. If the pass fails, each request runs alone, so a request
+        that cannot be explained fails alone (422 for a refused input, 500 for anything else), never its batch."""
         try:
             if self.modality == "image":
                 x, truncated = torch.cat([raw for _, raw in items]), None
             else:
                 x, truncated = self.to_inputs([t for _, raw in items for t in raw])
-        except FexError:
-            if len(items) == 1:
-                results[items[0][0]] = ItemError(422, str(_first_error(self, items[0][1])))
-                return
-            for it in items:  # find the request the masker refuses; answer the others
-                self._run_fex(bodies, [it], per_input, results)
-            return
-        targets, maps, j_of = [], [], []
-        for j, raw in items:
-            b = bodies[j]
-            for k in range(int(b["n"])):
-                targets.append(None if b.get("target") is None else b["target"][k])
-                maps.append(bool(b.get("map", True)))
-                j_of.append((j, k))
-        try:
+            targets, maps, j_of = [], [], []
+            for j, raw in items:
+                b = bodies[j]
+                for k in range(int(b["n"])):
+                    targets.append(None if b.get("target") is None else b["target"][k])
+                    maps.append(bool(b.get("map", True)))
+                    j_of.append((j, k))
             out = self._fex(x, targets, maps, truncated or [False] * len(targets))
-        except FexError as exc:
-            for j, _ in items:
-                results[j] = ItemError(422, str(exc))
+        except Exception as exc:  # noqa: BLE001 - one request must not sink the batch
+            if len(items) > 1:
+                for it in items:
+                    self._run_fex(bodies, [it], per_input, results)
+                return
+            if isinstance(exc, FexError):
+                results[items[0][0]] = ItemError(422, str(exc))
+            else:
+                log.exception("explain failed")
+                results[items[0][0]] = ItemError(500, f"internal error ({type(exc).__name__})")
             return
         for (j, k), r in zip(j_of, out):
             per_input[j][k] = r
@@ -295,10 +296,3 @@ class Engine:
         self._gallery = {"split": "test", "items": items, "mean": mean, "mean_curves": avg}
         return self._gallery
 
-
-def _first_error(engine: Engine, raw: Any) -> str:
-    try:
-        engine.to_inputs(raw)
-    except FexError as exc:
-        return str(exc)
-    return "input refused"

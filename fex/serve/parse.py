@@ -26,6 +26,7 @@ Encoded images are converted to the explainer's channels and resized to its inpu
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -36,6 +37,7 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 
 METHODS = ("fex", "feature_ablation", "kernel_shap")
+JSON_FIELDS = ("image", "images", "text", "texts", "target", "method", "map")
 
 
 class RequestError(Exception):
@@ -56,6 +58,7 @@ class InputSpec:
     num_classes: int | None = None
     max_inputs: int = 256  # inputs per request
     max_text_chars: int = 20_000
+    max_image_pixels: int = 40_000_000  # encoded images larger than this are refused from their header
     methods: tuple[str, ...] = METHODS
     extra: dict = field(default_factory=dict)
 
@@ -73,23 +76,29 @@ class InputSpec:
 
 
 # --------------------------------------------------------------------------- images
-def decode_image_bytes(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
-    """PNG/JPEG bytes -> float32 [C, H, W] in [0, 1] at the explainer's size and channels."""
+def decode_image_bytes(data: bytes, shape: tuple[int, int, int], max_pixels: int = 40_000_000) -> np.ndarray:
+    """PNG/JPEG bytes -> float32 [C, H, W] in [0, 1] at the explainer's size and channels. An image of
+    more than ``max_pixels`` pixels is refused from its header, before anything is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     c, h, w = shape
     if not data:
         raise RequestError(400, "empty image upload")
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
             if im.format not in ("PNG", "JPEG"):
                 raise RequestError(415, f"unsupported image format {im.format}; send PNG or JPEG")
+            if im.width * im.height > max_pixels:
+                raise RequestError(413, f"image of {im.width}x{im.height} pixels is larger than the limit of "
+                                        f"{max_pixels} pixels")
             im = im.convert("L" if c == 1 else "RGB")
             if im.size != (w, h):
                 im = im.resize((w, h), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.float32) / 255.0
     except RequestError:
         raise
+    except Image.DecompressionBombError as exc:  # Pillow's own refusal (twice its MAX_IMAGE_PIXELS), from the header
+        raise RequestError(413, f"image is larger than the limit of {max_pixels} pixels") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise RequestError(400, f"corrupt or unreadable image ({type(exc).__name__})") from exc
     if c != 1 and c != 3:
@@ -101,7 +110,10 @@ def image_from_array(value: Any, shape: tuple[int, int, int], i: int = 0) -> np.
     """A JSON array ([H, W] for one channel, or [C, H, W]) -> float32 [C, H, W]; exact shape required."""
     c, h, w = shape
     try:
-        arr = np.asarray(value, dtype=np.float32)
+        obj = np.asarray(value, dtype=object)
+        if obj.size and not all(type(v) in (int, float) for v in obj.flat):  # true/false/null/strings are not pixels
+            raise TypeError
+        arr = obj.astype(np.float32)
     except (ValueError, TypeError) as exc:
         raise RequestError(422, f"image {i} is not a rectangular array of numbers") from exc
     if arr.ndim == 2 and c == 1:
@@ -114,14 +126,14 @@ def image_from_array(value: Any, shape: tuple[int, int, int], i: int = 0) -> np.
     return arr
 
 
-def image_from_json(value: Any, shape: tuple[int, int, int], i: int = 0) -> np.ndarray:
+def image_from_json(value: Any, shape: tuple[int, int, int], i: int = 0, max_pixels: int = 40_000_000) -> np.ndarray:
     if isinstance(value, str):  # a data URL or bare base64 of an encoded image
         b64 = value.split(",", 1)[1] if value.startswith("data:") else value
         try:
             data = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise RequestError(400, f"image {i} is a string but not valid base64") from exc
-        return decode_image_bytes(data, shape)
+        return decode_image_bytes(data, shape, max_pixels)
     return image_from_array(value, shape, i)
 
 
@@ -133,22 +145,29 @@ def check_text(value: Any, spec: InputSpec, i: int = 0) -> str:
         raise RequestError(422, f"text {i} is empty: nothing to explain")
     if len(value) > spec.max_text_chars:
         raise RequestError(413, f"text {i} has {len(value)} characters, more than the limit of {spec.max_text_chars}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON's "\ud800": a lone surrogate no tokenizer can read
+        raise RequestError(422, f"text {i} is not valid Unicode (a lone surrogate at character {exc.start})") from exc
     return value
 
 
 # --------------------------------------------------------------------------- options
-def parse_target(value: Any, n: int, num_classes: int | None) -> list[int] | None:
-    if value is None or value == "":
+def parse_target(value: Any, n: int, num_classes: int | None, from_text: bool = False) -> list[int] | None:
+    """``target``: None, one class index for every input, or a list of exactly one per input. A class
+    index is an integer (not ``"3"``, ``3.0`` or ``true``); ``from_text`` (a query parameter or form
+    field) reads decimal digits."""
+    if value is None or (from_text and value == ""):
         return None
-    vals = value if isinstance(value, list) else [value]
-    try:
-        out = [int(v) for v in vals]
-    except (TypeError, ValueError) as exc:
-        raise RequestError(422, f"target must be a class index or a list of them, got {value!r}"[:200]) from exc
-    if any(isinstance(v, float) and not float(v).is_integer() for v in vals):
-        raise RequestError(422, f"target must be integer class indices, got {value!r}"[:200])
-    if len(out) == 1:
-        out = out * n
+
+    def index(v: Any) -> int:
+        if from_text and isinstance(v, str) and v.strip().isdigit():
+            return int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise RequestError(422, f"target must be an integer class index or a list of one per input, got {value!r}"[:200])
+        return v
+
+    out = [index(v) for v in value] if isinstance(value, list) else [index(value)] * n
     if len(out) != n:
         raise RequestError(422, f"target has {len(out)} entries for {n} inputs")
     if num_classes is not None and any(not 0 <= t < num_classes for t in out):
@@ -164,7 +183,7 @@ def parse_method(value: Any, spec: InputSpec) -> str:
 
 
 def canonical(spec: InputSpec, images: list[np.ndarray] | None = None, texts: list[str] | None = None,
-              target: Any = None, method: Any = None, want_map: Any = True) -> dict:
+              target: Any = None, method: Any = None, want_map: Any = True, from_text: bool = False) -> dict:
     items = images if images is not None else texts
     if not items:
         raise RequestError(422, "no inputs: send an image, images, a text or texts")
@@ -172,7 +191,7 @@ def canonical(spec: InputSpec, images: list[np.ndarray] | None = None, texts: li
         raise RequestError(413, f"{len(items)} inputs in one request, more than the limit of {spec.max_inputs}")
     if not isinstance(want_map, bool):
         raise RequestError(422, f"map must be true or false, got {want_map!r}"[:200])
-    out = {"kind": spec.modality, "n": len(items), "target": parse_target(target, len(items), spec.num_classes),
+    out = {"kind": spec.modality, "n": len(items), "target": parse_target(target, len(items), spec.num_classes, from_text),
            "method": parse_method(method, spec), "map": want_map}
     if images is not None:
         out["shape"] = list(spec.input_shape)
@@ -185,6 +204,9 @@ def canonical(spec: InputSpec, images: list[np.ndarray] | None = None, texts: li
 def from_json(obj: Any, spec: InputSpec) -> dict:
     if not isinstance(obj, dict):
         raise RequestError(422, "request JSON must be an object, e.g. {\"image\": [...]} or {\"text\": \"...\"}")
+    unknown = sorted(str(k) for k in obj if k not in JSON_FIELDS)
+    if unknown:
+        raise RequestError(422, f"unknown field{'s' if len(unknown) > 1 else ''} {unknown}; a request has {list(JSON_FIELDS)}"[:200])
     opts = {"target": obj.get("target"), "method": obj.get("method"), "want_map": obj.get("map", True)}
     keys = [k for k in ("image", "images", "text", "texts") if k in obj]
     if len(keys) != 1:
@@ -195,13 +217,14 @@ def from_json(obj: Any, spec: InputSpec) -> dict:
         if key.startswith("text"):
             raise RequestError(422, "this explainer explains images; it got text")
         if key == "image":
-            return canonical(spec, images=[image_from_json(obj["image"], spec.input_shape)], **opts)
+            return canonical(spec, images=[image_from_json(obj["image"], spec.input_shape, 0, spec.max_image_pixels)], **opts)
         vals = obj["images"]
         if not isinstance(vals, list):
             raise RequestError(422, "images must be a list of images")
         if len(vals) > spec.max_inputs:
             raise RequestError(413, f"{len(vals)} inputs in one request, more than the limit of {spec.max_inputs}")
-        return canonical(spec, images=[image_from_json(v, spec.input_shape, i) for i, v in enumerate(vals)], **opts)
+        return canonical(spec, images=[image_from_json(v, spec.input_shape, i, spec.max_image_pixels)
+                                       for i, v in enumerate(vals)], **opts)
     if key.startswith("image"):
         raise RequestError(422, "this explainer explains text; it got an image")
     if key == "text":
@@ -215,14 +238,14 @@ def from_json(obj: Any, spec: InputSpec) -> dict:
 
 
 async def from_form(form: Any, spec: InputSpec) -> dict:
-    opts = {"target": form.get("target"), "method": form.get("method"),
+    opts = {"target": form.get("target"), "method": form.get("method"), "from_text": True,
             "want_map": str(form.get("map", "true")).lower() not in ("false", "0", "no")}
     if spec.modality == "image":
         up = form.get("image")
         if up is None:
             raise RequestError(422, "multipart upload needs a file field named 'image'")
         data = await up.read() if hasattr(up, "read") else str(up).encode()
-        return canonical(spec, images=[decode_image_bytes(data, spec.input_shape)], **opts)
+        return canonical(spec, images=[decode_image_bytes(data, spec.input_shape, spec.max_image_pixels)], **opts)
     text = form.get("text")
     if text is None:
         raise RequestError(422, "multipart form needs a field named 'text'")
@@ -257,7 +280,7 @@ def query_options(query: str) -> dict:
     from urllib.parse import parse_qs
 
     q = {k: v[-1] for k, v in parse_qs(query or "").items()}
-    out: dict[str, Any] = {"target": q.get("target"), "method": q.get("method")}
+    out: dict[str, Any] = {"target": q.get("target"), "method": q.get("method"), "from_text": True}
     if "map" in q:
         out["want_map"] = q["map"].lower() not in ("false", "0", "no")
     return out
@@ -289,7 +312,7 @@ async def parse_body(body: bytes, content_type: str, spec: InputSpec,
             raise RequestError(415, "this explainer explains text; send text/plain or JSON {\"text\": ...}")
         if ctype == "application/x-npy":
             return canonical(spec, images=images_from_npy(body, spec), **opts)
-        return canonical(spec, images=[decode_image_bytes(body, spec.input_shape)], **opts)
+        return canonical(spec, images=[decode_image_bytes(body, spec.input_shape, spec.max_image_pixels)], **opts)
     if ctype == "text/plain":
         if spec.modality != "text":
             raise RequestError(415, "this explainer explains images; send an image or JSON {\"image\": ...}")
@@ -326,7 +349,8 @@ class RequestGate:
 
     Bad requests are answered here (4xx, one-line ``detail``) and never reach a model worker.
     ``paths`` maps a POST path to ``"input"`` (explain/compare) or ``"gallery"``; gallery requests
-    are forwarded to the ``gallery_to`` route as ``{"op": "gallery", "n": n}``.
+    are forwarded to the ``gallery_to`` route as ``{"op": "gallery", "n": n}``. A request still in
+    flight when a stopping server's grace period ends gets a 503 (not uvicorn's bare 500).
     """
 
     def __init__(self, app: Any, spec: InputSpec, paths: dict[str, str], max_bytes: int, gallery_max: int = 16,
@@ -374,7 +398,19 @@ class RequestGate:
                 return {"type": "http.request", "body": data, "more_body": False}
             return await receive()  # after the body: wait for disconnect as the server would
 
-        await self.app({**scope, "headers": new_headers}, replay, send)
+        started = False
+
+        async def send_tracked(msg: dict) -> None:
+            nonlocal started
+            started = started or msg.get("type") == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app({**scope, "headers": new_headers}, replay, send_tracked)
+        except asyncio.CancelledError:  # the server stopped and its grace period ran out (uvicorn cancels)
+            if started:
+                raise
+            await self._reply(send, 503, {"detail": "the server is shutting down; send the request again"})
 
     async def _read(self, receive: Callable) -> bytes:
         chunks, total = [], 0

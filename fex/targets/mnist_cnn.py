@@ -16,7 +16,7 @@ from torch import nn
 
 from fex.data.mnist import MNISTDataModule
 from fex.errors import TargetError
-from fex.io import atomic_write
+from fex.io import save_torch
 from fex.targets import accuracy
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,7 @@ def pretrained_mnist_cnn(cache_dir: str = "~/.cache/fex", seed: int = 0, epochs:
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_model_summary=False, enable_progress_bar=True)
     trainer.fit(_Classifier(model, lr), datamodule=dm)
-    with atomic_write(path) as fh:  # a killed run never leaves a half-written cache
-        torch.save(model.state_dict(), fh)
+    save_torch(path, model.state_dict())  # a killed run never leaves a half-written cache
     test = dm.dataset("test")
     log.info("MNIST target test accuracy %.4f", accuracy(model, test.x, test.y))
     return model.eval()

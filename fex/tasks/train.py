@@ -20,7 +20,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from fex.callbacks import health_summary
 from fex.errors import ConfigError
 from fex.explainer import build_explainer, load_explainer
-from fex.io import atomic_checkpoints, atomic_write, check_writable, copy_file, write_json
+from fex.io import atomic_checkpoints, check_writable, save_torch, write_json
 from fex.module import BANK_KEY, ExplainerModule
 from fex.tasks.common import build, build_blackbox, build_data, instantiate_list
 
@@ -55,6 +55,22 @@ def resume_path(cfg: DictConfig, out: Path) -> str | None:
     return str(siblings[-1])
 
 
+def write_explainer_checkpoint(trainer: pl.Trainer, module: ExplainerModule, best: str | None, path: Path) -> None:
+    """The explainer: the kept (best) checkpoint without the reward bank (training state for resume, not
+    the explainer), in one atomic write: on a full disk there is no explainer checkpoint, never one that
+    still holds the bank."""
+    if best and Path(best).is_file():
+        state = torch.load(best, map_location="cpu", weights_only=True)
+        state.pop(BANK_KEY, None)
+        save_torch(path, state)
+        return
+    bank, module._bank = module._bank, None  # on_save_checkpoint stores the bank only when there is one
+    try:
+        trainer.save_checkpoint(path)  # atomic through fex.io.AtomicCheckpointIO
+    finally:
+        module._bank = bank
+
+
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Train an explainer as configured. Returns (metrics, objects)."""
     t0 = time.perf_counter()
@@ -75,14 +91,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     cb = trainer.checkpoint_callback
     best = getattr(cb, "best_model_path", "") if cb else ""
     if trainer.is_global_zero:
-        if best and Path(best).is_file():
-            copy_file(best, ckpt_path)  # atomic: never a half-written explainer
-        else:
-            trainer.save_checkpoint(ckpt_path)  # atomic through fex.io.AtomicCheckpointIO
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if state.pop(BANK_KEY, None) is not None:  # the reward bank is training state for resume, not the explainer
-            with atomic_write(ckpt_path) as fh:
-                torch.save(state, fh)
+        write_explainer_checkpoint(trainer, module, best, ckpt_path)
     if trainer.world_size > 1:
         trainer.strategy.barrier()
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
