@@ -34,7 +34,8 @@ def test_docs_build_strict(tmp_path):
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     for name in ["fex.load_explainer", "fex.ExplainerModule.attribute", "fex.ExplainerModule.explain",
                  "fex.BlackBox", "fex.gate.Gate", "fex.gate.Screen", "fex.registry.register"]:
-        assert re.search(rf'href="[^"]*reference/[^"]*#{re.escape(name)}"', api), f"the API page links {name}"
+        link = rf'<a [^>]*href="[^"]*reference/[^"#]*#fex\.[\w.]+"[^>]*><code>{re.escape(name)}</code></a>'
+        assert re.search(link, api), f"the API page links {name} to its reference entry"
 
 
 def test_docs_build_fails_on_stale_api_name_and_broken_link(tmp_path):
