@@ -140,8 +140,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
             pad = torch.zeros(sc.shape[0], f_all)
             pad[:, : sc.shape[1]] = sc
             scores.setdefault(name, []).append(pad)
-        print(f"{min(s + a.chunk, len(pos))}/{len(pos)} snippets, {time.perf_counter() - t0:.0f} s, "
-              f"{memo.asked} metric queries", flush=True)
+        done = min(s + a.chunk, len(pos))
+        print(f"{done}/{len(pos)} snippets, {time.perf_counter() - t0:.0f} s, {memo.asked} metric queries", flush=True)
+        if done < len(pos):  # a partial table after every chunk: a long run can be read (or stopped) early
+            report(quality, a, cfg, done, masker.valid(x_all).sum(1).float()[:done])
+    table, text = report(quality, a, cfg, len(pos), masker.valid(x_all).sum(1).float())
+    print(text)
+    return table
+
+
+def report(quality: dict, a, cfg, n: int, n_words: torch.Tensor) -> tuple[list[dict], str]:
+    """The table of every row (mean and standard error over the snippets scored so far), written to --out."""
     ks = "KernelShap(%d)" % a.kernel_shap if a.kernel_shap else None
     table = []
     for name, parts in quality.items():
@@ -151,8 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row[k], row[f"{k}_sem"] = float(v.mean()), float(v.std() / len(v) ** 0.5)
         table.append(row)
     ref = next((r for r in table if r["method"] == ks), None)
-    n_words = masker.valid(x_all).sum(1).float()
-    lines = [f"Per-input oracles vs KernelShap on {len(pos)} test snippets ({n_words.mean():.1f} words on average), "
+    lines = [f"Per-input oracles vs KernelShap on {n} test snippets ({n_words.mean():.1f} words on average), "
              f"{a.masks} masks per mask set per snippet (4 sets: {4 * a.masks} + {n_words.mean():.0f} leave-one-out "
              f"queries per snippet); target {cfg.target.model._target_}; {machine()}", "",
              "| value (reward, masks) | deletion AUC (lower better) | insertion AUC | comprehensiveness | sufficiency "
@@ -167,10 +175,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     text = "\n".join(lines) + "\n\n(± standard error of the mean over snippets)\n"
     out = Path(a.out)
     write_text(out / "oracles.md", text)
-    write_json(out / "oracles.json", {"n": len(pos), "masks": a.masks, "machine": machine(),
+    write_json(out / "oracles.json", {"n": n, "masks": a.masks, "machine": machine(),
                                       "rows": compare.json_rows(table)})
-    print(text)
-    return table
+    return table, text
 
 
 if __name__ == "__main__":
