@@ -29,11 +29,13 @@ from fex.io import write_json, write_text  # noqa: E402
 RUNS: dict[str, list[str]] = {
     # issue 9's preset: one epoch, K=4 fresh antithetic masks per snippet per step, prob reward at 1/2
     "quick (old preset)": ["experiment=text_rt_quick"],
-    # the same value (Banzhaf of p at 1/2), banked: 32 paired masks per snippet, reused every epoch
-    "banked, prob q=0.5": ["experiment=text_rt", "objective.sampler=paired_uniform", "objective.keep_rate=0.5",
-                           "objective.reward=prob", "objective.temperature=0.1"],
-    # the chosen value (benchmarks/oracles_text.py): the preset itself
-    "banked, chosen value (text_rt)": ["experiment=text_rt"],
+    # the old value (Banzhaf of p at 1/2, tau 0.1), banked: 32 paired masks per snippet, reused every epoch
+    "banked, prob q=0.5": ["experiment=text_rt", "objective.reward=prob", "objective.temperature=0.1"],
+    # the chosen value (benchmarks/oracles_text.py: Banzhaf of log p at 1/2): the preset itself
+    "banked, logprob q=0.5 (text_rt)": ["experiment=text_rt"],
+    # a value whose oracle loses (keep rate 0.9, log-odds), for contrast
+    "banked, logodds q=0.9": ["experiment=text_rt", "objective.sampler=uniform", "objective.keep_rate=0.9",
+                              "objective.reward=logodds"],
 }
 
 

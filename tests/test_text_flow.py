@@ -147,4 +147,4 @@ def test_banked_text_preset_queries_each_snippet_once_and_never_banks_padding(tm
     for i in range(n):
         text, _, key = ds[i]
         assert bank.masks[int(key)].shape == (budget, len(text.split()))
-    assert float(cfg.objective.keep_rate) > 0.5 and cfg.objective.reward == "logodds"
+    assert cfg.objective.sampler == "paired_uniform" and cfg.objective.reward == "logprob"
