@@ -40,8 +40,8 @@ QUICK = ["method.kernel_shap.n_samples=16", "method.lime.n_samples=16", "method.
 QUICK_BANZHAF = ["method.banzhaf.n_masks=32"]
 # the oracle's budget on text: 500 masks per snippet (~18 words; 2,000 as on MNIST would dominate the run)
 TEXT_BANZHAF = ["method.banzhaf.n_masks=500", "method.banzhaf.batch=250"]
-# the issue's targets (on the mean over training seeds), relative to KernelShap(200)
-TARGETS = {"comprehensiveness": (">=", 1.0), "deletion_auc": ("<=", 0.9), "insertion_auc": (">=", 1.0),
+# issue 20's targets (on the mean over training seeds), relative to KernelShap(200)
+TARGETS = {"comprehensiveness": (">=", 1.0), "deletion_auc": ("<=", 0.95), "insertion_auc": (">=", 1.0),
            "throughput": (">=", 100.0)}
 
 

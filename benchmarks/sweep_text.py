@@ -3,7 +3,7 @@
     python benchmarks/sweep_text.py --parallel 3            # -> outputs/sweep_text/<name>/, table on stdout
     python benchmarks/sweep_text.py --only K4_t0.1 --queries 2000 --out /tmp/sweep
 
-Each row is a short ``python train.py experiment=text_rt <overrides>`` run with the same budget of
+Each row is a short ``python train.py experiment=text_rt_quick <overrides>`` run (the preset of issue 9) with the same budget of
 ``--queries`` training queries (rows with more masks per input see fewer inputs), scored once at
 the end on the first ``--val-examples`` validation snippets. The score is the run's ``val/faithfulness``
 (validation insertion AUC - deletion AUC, logged by the module's validation step; the checkpoint
@@ -78,7 +78,7 @@ def read_metrics(run_dir: Path) -> dict:
 
 def command(name: str, overrides: list[str], a: argparse.Namespace) -> list[str]:
     steps = max(1, a.queries // (a.batch_size * queries_per_input(overrides, a.default_k)))
-    return [sys.executable, str(ROOT / "train.py"), "experiment=text_rt", f"seed={a.seed}",
+    return [sys.executable, str(ROOT / "train.py"), "experiment=text_rt_quick", f"seed={a.seed}",
             f"trainer.limit_train_batches={steps}", f"trainer.val_check_interval={steps}",
             f"trainer.limit_val_batches={max(1, -(-a.val_examples // a.batch_size))}",
             f"val_auc_examples={a.val_examples}", f"data.batch_size={a.batch_size}", "gallery_size=0",

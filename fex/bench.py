@@ -79,7 +79,9 @@ def read_training_curve(metrics_csv: str | Path) -> list[dict]:
         if "val/train_queries" not in row or "val/reward" not in row:
             continue
         d, i = row.get("val/deletion_auc"), row.get("val/insertion_auc")
+        sec = row.get("val/train_seconds")
         points.append({"step": step, "epoch": int(float(row.get("epoch", 0))),
+                       "train_seconds": float(sec) if sec is not None else None,
                        "train_queries": float(row["val/train_queries"]), "reward": float(row["val/reward"]),
                        "deletion_auc": float(d) if d is not None else None,
                        "insertion_auc": float(i) if i is not None else None})

@@ -283,9 +283,14 @@ class ExplainerModule(pl.LightningModule):
                 self.log("val/faithfulness", (i - d).mean(), prog_bar=True, batch_size=take, sync_dist=True)
                 self._val_seen += take
 
+    def on_train_start(self) -> None:
+        self._fit_start = time.perf_counter()
+
     def on_validation_epoch_end(self) -> None:
-        # quality against training cost: lets a user see how many queries a target needs
+        # quality against training cost: lets a user see how many queries (and how long) a target needs
         self.log("val/train_queries", float(self._train_queries), reduce_fx="sum", sync_dist=True)
+        if getattr(self, "_fit_start", None) is not None:  # wall seconds since fit start (validations included)
+            self.log("val/train_seconds", time.perf_counter() - self._fit_start, reduce_fx="max")
 
     def configure_optimizers(self):
         opt = self.optimizer_factory(self.policy.parameters())

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F_
 
-REWARDS = ("fex", "prob", "logprob", "keep_minus_remove")
+REWARDS = ("fex", "prob", "logprob", "logodds", "keep_minus_remove")
 BASELINES = ("critic", "loo", "none")
 ESTIMATORS = ("ppo", "reinforce", "regression", "fastshap")
 SAMPLERS = ("policy", "antithetic", "uniform", "paired_uniform", "uniform_t", "shapley_kernel")
@@ -181,8 +181,10 @@ def compute_reward(prob: torch.Tensor, masks: torch.Tensor, num_features: torch.
                    eps: float = 1e-6) -> torch.Tensor:
     """Reward [B, K] for masks [B, K, F] given the target-class probability of each masked input.
 
-    kind: ``fex`` (official ratio), ``prob`` (p), ``logprob`` (log p) or ``keep_minus_remove``
-        (``p(m) - p(1 - m)``; needs ``prob_complement`` [B, K]).
+    kind: ``fex`` (official ratio), ``prob`` (p), ``logprob`` (log p), ``logodds`` (``log p - log(1 - p)``,
+        the logit of p: it does not saturate near p = 1 where a confident classifier's p barely moves) or
+        ``keep_minus_remove`` (``p(m) - p(1 - m)``; needs ``prob_complement`` [B, K]). p is clamped to
+        [eps, 1 - eps] inside the logs.
     sparsity: subtract ``sparsity * sum(m) / F`` (pressure towards small masks).
     comprehensiveness: add ``w * (p_full - p(complement of m))``, the deletion term:
         removing what the mask keeps should hurt (needs ``prob_full`` [B] and ``prob_complement`` [B, K]).
@@ -193,6 +195,9 @@ def compute_reward(prob: torch.Tensor, masks: torch.Tensor, num_features: torch.
         r = prob
     elif kind == "logprob":
         r = torch.log(prob.clamp_min(eps))
+    elif kind == "logodds":
+        p = prob.clamp(eps, 1 - eps)
+        r = torch.log(p) - torch.log1p(-p)
     elif kind == "keep_minus_remove":
         if prob_complement is None:
             raise ValueError("keep_minus_remove reward needs prob_complement")
@@ -249,6 +254,24 @@ def regression_loss(phi: torch.Tensor, value: torch.Tensor, rewards: torch.Tenso
         z = z * valid.unsqueeze(1).to(z.dtype)
     pred = value.unsqueeze(1) + torch.einsum("bkf,bf->bk", z, phi)
     return ((rewards.detach() - pred) ** 2).mean()
+
+
+def regression_solution(rewards: torch.Tensor, masks: torch.Tensor, centre: torch.Tensor,
+                        valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The minimiser of :func:`regression_loss` for each input alone (ordinary least squares with an
+    intercept): rewards [B, K], masks and centres [B, K, F] -> phi [B, F] (0 on invalid features).
+
+    This is what the regression estimator's fixed point is for one input's masks: a per-input oracle of
+    the value fex learns (Banzhaf at a keep rate for Bernoulli masks, the 6 t (1-t) semivalue for
+    ``uniform_t``), with every other feature's effect regressed out (less noisy than the difference of
+    conditional means). Least-norm where a feature never varies.
+    """
+    b, k, f = masks.shape
+    v = torch.ones(b, f, dtype=torch.bool, device=masks.device) if valid is None else valid.bool()
+    z = (masks - centre) * v.unsqueeze(1).to(masks.dtype)
+    design = torch.cat([torch.ones(b, k, 1, dtype=z.dtype, device=z.device), z], -1).double()  # [B, K, 1+F]
+    sol = torch.linalg.lstsq(design, rewards.double().unsqueeze(-1), driver="gelsd").solution  # [B, 1+F, 1]
+    return (sol[:, 1:, 0] * v).to(rewards.dtype)
 
 
 def reinforce_loss(logits: torch.Tensor, masks: torch.Tensor, adv: torch.Tensor,
@@ -333,7 +356,7 @@ class FexObjective:
     keep_rate: float = 0.5  # sampler=uniform
     query_budget: int = 0  # >0: bank this many masks per training input and reuse them (off-policy samplers)
     attribution: str = "prob"  # read-out: prob (pi, the paper) | logit (tau * theta, reward units)
-    reward: str = "fex"  # fex | prob | logprob | keep_minus_remove
+    reward: str = "fex"  # fex | prob | logprob | logodds | keep_minus_remove
     sparsity: float = 0.0
     comprehensiveness: float = 0.0
     baseline: str = "critic"  # critic | loo | none

@@ -5,6 +5,7 @@ factorised Bernoulli(pi) the exact multilinear derivative is
 Delta_i(pi) = sum_{m_-i} P(m_-i) [r(m_i=1, m_-i) - r(m_i=0, m_-i)], computed by enumerating 2^F masks.
 """
 import itertools
+import math
 
 import pytest
 import torch
@@ -228,3 +229,64 @@ def test_fastshap_loss_minimiser_is_the_shapley_value():
     masks, _ = obj.sample_shapley_kernel(3, 6, f)
     assert torch.equal(masks[:, 0::2] + masks[:, 1::2], torch.ones(3, 3, f))  # pairs are complements
     assert ((masks.sum(-1) >= 1) & (masks.sum(-1) <= f - 1)).all()  # never empty or full
+
+
+def logodds_game(m: torch.Tensor) -> torch.Tensor:
+    """The game's reward as log-odds: logit(clamp(game, eps, 1 - eps)), through compute_reward."""
+    g = game(m)
+    return obj.compute_reward(g.reshape(1, -1), m.reshape(1, -1, m.shape[-1]), F, "logodds").reshape(g.shape)
+
+
+def test_logodds_reward_is_the_logit_of_p():
+    prob = torch.tensor([[0.5, 0.8, 0.2, 1.0]])
+    r = obj.compute_reward(prob, torch.ones(1, 4, 3), 3, "logodds", eps=1e-6)
+    want = torch.tensor([[0.0, math.log(4.0), -math.log(4.0), math.log((1 - 1e-6) / 1e-6)]])
+    assert torch.allclose(r, want, atol=0.05) and torch.allclose(r[:, :3], want[:, :3], atol=1e-5), r  # p = 1: clamped
+    assert "logodds" in obj.REWARDS and obj.FexObjective(reward="logodds").reward == "logodds"
+
+
+def test_regression_solution_is_the_exact_banzhaf_value_on_all_masks():
+    """Least squares on every mask once (keep rate 1/2: an orthogonal design) = the exact Banzhaf value,
+    for the prob and the log-odds reward; invalid (padding) features get 0."""
+    m = all_masks()
+    for r in (game, logodds_game):
+        phi = obj.regression_solution(r(m)[None], m[None], torch.full_like(m, 0.5)[None])[0]
+        assert torch.allclose(phi, exact_delta(torch.full((F,), 0.5), r), atol=1e-5), (phi, r)
+    pad = torch.cat([m, torch.zeros(16, 2)], 1)[None]  # two padding features never present
+    valid = torch.tensor([[True] * F + [False] * 2])
+    phi = obj.regression_solution(game(m)[None], pad, torch.full_like(pad, 0.5), valid)[0]
+    assert torch.allclose(phi[:F], exact_delta(torch.full((F,), 0.5)), atol=1e-5) and (phi[F:] == 0).all()
+
+
+@pytest.mark.parametrize("keep_rate", [0.7, 0.9])
+def test_banked_uniform_masks_at_a_keep_rate_reach_the_banzhaf_value_at_that_rate(keep_rate):
+    """The text preset's value: Bernoulli(keep_rate) masks drawn once (a bank) and fitted by the
+    regression loss for many steps reach Delta_i(keep_rate) of the log-odds reward (fixed point =
+    exact value, by enumeration), and so does the per-input least-squares oracle on the same masks."""
+    exact = exact_delta(torch.full((F,), keep_rate), logodds_game)
+    gen = torch.Generator().manual_seed(0)
+    masks, centre = obj.sample_coupled(torch.full((1, F), 0.5), 60_000, sampler="uniform", keep_rate=keep_rate,
+                                       generator=gen)
+    r = logodds_game(masks)
+    oracle = obj.regression_solution(r, masks, centre)[0]
+    assert torch.allclose(oracle, exact, atol=0.03), (oracle, exact)
+    phi = torch.zeros(1, F, requires_grad=True)
+    value = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([phi, value], lr=0.02)
+    for step in range(600):  # epochs over the same bank, K masks per step
+        if step == 400:
+            opt.param_groups[0]["lr"] = 0.005
+        idx = torch.randint(0, masks.shape[1], (2048,), generator=gen)
+        loss = obj.regression_loss(phi, value, r[:, idx], masks[:, idx], centre[:, idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.allclose(phi.detach()[0], oracle, atol=0.02), (phi, oracle)
+    assert (exact - exact_delta(torch.full((F,), 0.5), logodds_game)).abs().max() > 0.05  # a different value
+
+
+def test_regression_solution_with_uniform_t_masks_is_the_beta22_semivalue():
+    masks, centre = obj.sample_coupled(torch.full((1, F), 0.5), 100_000, sampler="uniform_t",
+                                       generator=torch.Generator().manual_seed(0))
+    phi = obj.regression_solution(game(masks), masks, centre)[0]
+    assert torch.allclose(phi, semivalue_uniform_t(n=401), atol=0.01), phi

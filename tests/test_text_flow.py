@@ -116,3 +116,35 @@ def test_truncated_encoder_policy_is_the_first_layers_and_reloads(tmp_path):
     torch.testing.assert_close(h_small, hs[k])  # layer k's output of the full encoder
     with pytest.raises(ConfigError):
         TextEncoderBackbone(num_layers=99)
+
+
+@pytest.mark.parametrize("preset", ["text_rt", "text_rt_quick"])
+def test_text_presets_fast_dev_run_without_the_minilm_target(preset, tmp_path):
+    """Both text presets run end to end as fast dev runs on a planted-word target (no MiniLM fine-tune)."""
+    from fex.tasks.train import train
+
+    over = [f"experiment={preset}", *TEXT_FAST[1:], "trainer.fast_dev_run=true", "data.limit=64", "logger=none",
+            "trainer.enable_progress_bar=false", "gallery_size=2", "val_auc_examples=4"]
+    metrics, objects = train(compose("train", over, output_dir=tmp_path))
+    assert os.path.isfile(metrics["checkpoint"]) and metrics["train/queries"] > 0
+
+
+def test_banked_text_preset_queries_each_snippet_once_and_never_banks_padding(tmp_path):
+    """experiment=text_rt over 3 epochs: every training snippet costs 1 + query_budget queries, all in the
+    first epoch; the bank keeps exactly each snippet's own words (padding is never a feature)."""
+    from fex.tasks.train import train
+
+    over = ["experiment=text_rt", *TEXT_FAST[1:], "data.limit=32", "trainer.max_epochs=3",
+            "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "logger=none",
+            "trainer.enable_progress_bar=false", "gallery_size=2", "val_auc_examples=4"]
+    cfg = compose("train", over, output_dir=tmp_path)
+    metrics, objects = train(cfg)
+    budget, bank = int(cfg.objective.query_budget), objects["module"]._bank
+    ds = objects["datamodule"].train_dataloader().dataset
+    n = len(ds)
+    assert n == 32 and len(bank) == n
+    assert metrics["train/queries"] == n * (1 + budget)  # 3 epochs, the cost of one
+    for i in range(n):
+        text, _, key = ds[i]
+        assert bank.masks[int(key)].shape == (budget, len(text.split()))
+    assert cfg.objective.sampler == "paired_uniform" and cfg.objective.reward == "logprob"

@@ -22,10 +22,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from fex import objective as obj
 from fex.blackbox import BlackBox
 from fex.errors import InputError, TargetError
 from fex.maskers.base import Masker
 from fex.module import load_explainer
+
+ORACLE_REWARDS = ("prob", "logprob", "logodds")  # rewards of the target's probability alone (fex.objective)
 
 
 def _as_target(target: Any, b: int) -> torch.Tensor:
@@ -229,7 +232,8 @@ class Banzhaf(Method):
     ``n_masks`` masks with every feature kept independently with probability ``keep_rate``;
     ``score_i = mean(r | m_i = 1) - mean(r | m_i = 0)`` over the same masks, an estimate of
     ``Delta_i(p) = E_{m_-i}[r(m_i=1, m_-i) - r(m_i=0, m_-i)]`` (the Banzhaf value at p = 1/2).
-    The reward ``r`` is ``prob`` (p(target | masked x)) or ``logprob``. When ``2^n <= n_masks``
+    The reward ``r`` is ``prob`` (p(target | masked x)), ``logprob`` or ``logodds`` (as in
+    :func:`fex.objective.compute_reward`). When ``2^n <= n_masks``
     every mask is enumerated once, weighted by its probability: the exact value.
     This is the quantity fex's regression objective learns (``fex.objective``): the oracle.
     """
@@ -241,8 +245,8 @@ class Banzhaf(Method):
         super().__init__(blackbox, masker, seed)
         if not 0 < keep_rate < 1:
             raise InputError(f"banzhaf keep_rate must be in (0, 1), got {keep_rate}")
-        if reward not in ("prob", "logprob"):
-            raise InputError(f"banzhaf reward must be prob or logprob, got {reward!r}")
+        if reward not in ORACLE_REWARDS:
+            raise InputError(f"banzhaf reward must be one of {ORACLE_REWARDS}, got {reward!r}")
         if n_masks < 2:
             raise InputError(f"banzhaf needs n_masks >= 2, got {n_masks}")
         self.n_masks, self.keep_rate, self.reward = int(n_masks), float(keep_rate), reward
@@ -262,8 +266,7 @@ class Banzhaf(Method):
         z, w = self.masks(idx.numel())
         g = self.presence_fn(x, target, idx, f)
         r = torch.cat([g(z[s:s + self.batch]) for s in range(0, len(z), self.batch)]).float()
-        if self.reward == "logprob":
-            r = r.clamp_min(self.eps).log()
+        r = obj.compute_reward(r[None], z[None], idx.numel(), self.reward, eps=self.eps)[0]
         return msr_difference(r, z, w)
 
 
