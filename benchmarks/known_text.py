@@ -124,6 +124,37 @@ def known_answer_rows(methods: dict, blackbox, masker, texts: list[str], batch_s
     return rows
 
 
+FREQ_BINS = ((0, 0), (1, 1), (2, 4), (5, 19), (20, 99), (100, None))
+
+
+def by_frequency(method, blackbox, masker, texts: list[str], train_texts: list[str]) -> str:
+    """Where a method's word scores go wrong: Pearson and slope of score on the true effect, per bin of how
+    often the word occurs in the training snippets (a markdown table)."""
+    from collections import Counter
+
+    from fex.metrics import pearson
+
+    counts = Counter(w for t in train_texts for w in t.split())
+    x = masker.encode(texts)
+    with blackbox.uncounted():
+        target = blackbox(x).argmax(-1)
+    scores = method.attribute(x, target).float()
+    model, s, e, c = known_target(), [], [], []
+    for i, words in enumerate(x["words"]):
+        s += scores[i, : len(words)].tolist()
+        e += model.effects(words, int(target[i])).tolist()
+        c += [counts[w] for w in words]
+    s, e, c = torch.tensor(s), torch.tensor(e, dtype=torch.float32), torch.tensor(c)
+    lines = ["| words seen in training | share of words | Pearson(score, e) | slope score / e |", "|---|---|---|---|"]
+    for lo, hi in FREQ_BINS:
+        k = (c >= lo) & (c <= (hi if hi is not None else c.max()))
+        if int(k.sum()) > 1:
+            slope = float((s[k] * e[k]).sum() / (e[k] * e[k]).sum().clamp_min(1e-12))
+            lines.append(f"| {lo}{'' if hi == lo else ('+' if hi is None else f'-{hi}')} | {float(k.float().mean()):.2f} | "
+                         f"{float(pearson(s[k][None], e[k][None])[0]):.2f} | {slope:.3f} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| method | mean Spearman | std | min | share >= 0.9 | queries / snippet |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['spearman']:.3f} | {r['spearman_std']:.3f} | {r['spearman_min']:.3f} | "
@@ -159,7 +190,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{words.mean():.1f} words on average (max {int(words.max())}); objective {obj}; "
               f"{metrics['train/queries']:,} training queries, {int(metrics.get('epoch', 0)) + 1} epoch(s); "
               f"{machine()}\n")
-    text = header + "\n" + table(rows) + "\n"
+    text = (header + "\n" + table(rows) + "\n\nfex per word, by how often the word occurs in the training snippets:\n\n"
+            + by_frequency(methods["fex"], bb, explainer.masker, texts, train_texts) + "\n")
     write_text(out / "table.md", text)
     write_json(out / "metrics.json", {"experiment": a.experiment, "overrides": a.overrides, "objective": obj,
                                       "train": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
