@@ -111,7 +111,7 @@ def self_influence_ranker(damping: float = 0.1, chunk_size: int = 256) -> Ranker
     return rank
 
 
-def information_ranker(damping: float = 0.1, noise: float = 0.1, mode: str = "exact", subset: int | None = None,
+def information_ranker(damping: float = 0.1, noise: float = 0.3, mode: str = "exact", subset: int | None = None,
                        chunk_size: int = 256, pool: int | None = None) -> Ranker:
     """Training examples by signed information at the behaviour (largest first); with ``subset`` = k the
     first k are the greedy subset in selection order, then the rest by single-example information."""

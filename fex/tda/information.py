@@ -84,7 +84,7 @@ class InformationAttributor:
         pool: greedy subset candidates (the top ``pool`` single-example scores; null: every example).
     """
 
-    def __init__(self, model: LossModel, damping: float = 0.1, mode: str = "exact", noise: float = 1.0,
+    def __init__(self, model: LossModel, damping: float = 0.1, mode: str = "exact", noise: float = 0.3,
                  chunk_size: int = 256, max_params: int = 5000, store: bool = True, pool: int | None = None) -> None:
         if mode not in MODES:
             raise ConfigError(f"information mode must be one of {MODES}, got {mode!r}")
