@@ -142,11 +142,14 @@ def cleaning(train: Callable[[torch.Tensor, torch.Tensor], torch.nn.Module], x_t
              rankers: dict[str, Ranker], source: int, target: int, fraction: float, patch: int = 3,
              value: float = 1.0, queries: int = 20, removal: tuple[float, ...] = (0.01, 0.02, 0.03, 0.04, 0.05),
              retrain_at: float = 0.05, retrain: list[str] | str = "all", reference: bool = True,
-             seed: int = 0, params: Any = "last", chunk_size: int = 256, log: Callable[[str], None] = print) -> dict:
+             seed: int = 0, params: Any = "last", chunk_size: int = 256, log: Callable[[str], None] = print,
+             poisoned_model: torch.nn.Module | None = None) -> dict:
     """Run the experiment (module docstring); returns a dict of rows and the poisoned positions.
 
     ``train(x, y)`` returns a freshly trained model; ``retrain`` names the rankers whose cleaned set
     is retrained (``all``: every one). ``reference``: also train on the unpoisoned set.
+    ``poisoned_model``: the model ``train`` gave on this poisoned set before (same poison settings
+    and seed), to rank more attributors without training it again.
     """
     x_p, y_p, poisoned = plant_backdoor(x_tr, y_tr, source, target, fraction, patch, value, seed)
     xq = stamp(x_val[y_val == source][: int(queries)], patch, value)
@@ -163,7 +166,7 @@ def cleaning(train: Callable[[torch.Tensor, torch.Tensor], torch.nn.Module], x_t
     if reference:
         out["reference"] = measure(train(x_tr, y_tr))
         log(f"clean-data model: {out['reference']}")
-    model = train(x_p, y_p)
+    model = train(x_p, y_p) if poisoned_model is None else poisoned_model.eval()
     out["before"] = measure(model)
     out["train_s"] = time.perf_counter() - t0
     log(f"poisoned model ({len(poisoned)} poisons): {out['before']}")
