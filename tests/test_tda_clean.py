@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fex.errors import ConfigError, DataError
-from fex.tda.clean import (attack_success_rate, cleaning, influence_ranker, information_ranker, plant_backdoor,
+from fex.tda.clean import (cleaning, influence_ranker, information_ranker, plant_backdoor,
                            random_ranker, recall_at, self_influence_ranker, stamp)
 from fex.tda.evaluation import fit_softmax
 from tests.conftest import compose
