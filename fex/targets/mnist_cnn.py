@@ -13,6 +13,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from fex.data.mnist import MNISTDataModule
 from fex.errors import TargetError
@@ -46,6 +47,22 @@ def mnist_classifier(model: nn.Module, lr: float) -> Classifier:
 
 
 DEFAULT_EPOCHS, DEFAULT_LR = 12, 2e-3
+
+
+def fit_small_cnn(x: torch.Tensor, y: torch.Tensor, epochs: int = DEFAULT_EPOCHS, lr: float = DEFAULT_LR,
+                  seed: int = 0, batch_size: int = 64, num_classes: int = 10) -> SmallCNN:
+    """A fresh :class:`SmallCNN` trained on (x [N, 1, H, W], y [N]) with the target's recipe (Adam, step
+    schedule, random shifts), seeded; no validation, no cache. For experiments that retrain the
+    target on altered data (e.g. poisoned or cleaned training sets, :mod:`fex.tda.clean`)."""
+    pl.seed_everything(seed, workers=True)
+    model = SmallCNN(in_channels=x.shape[1], num_classes=num_classes)
+    model(x[:1])  # materialise the lazy layer
+    loader = DataLoader(TensorDataset(x, y, torch.arange(len(y))), batch_size=batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, enable_progress_bar=False)
+    trainer.fit(_Classifier(model, lr), train_dataloaders=loader)
+    return model.eval()
 
 
 def cache_path(cache_dir: str, seed: int, epochs: int, lr: float, val_size: int, test_size: int) -> Path:
