@@ -123,10 +123,14 @@ def score_split(cfg: DictConfig, explainer: ExplainerModule, ds: Any, loader: Da
 
 
 def build_methods(cfg: DictConfig, blackbox: Any, explainer: ExplainerModule) -> dict:
-    """name -> zero-argument factory (built lazily: one broken method is reported, not fatal)."""
+    """name -> zero-argument factory (built lazily: one broken method is reported, not fatal). A method class
+    with ``needs_data = True`` gets the job's data module as ``data``."""
     out = {}
     for name, mcfg in (cfg.get("method") or {}).items():
-        extra = {"explainer": explainer} if issubclass(get_class(mcfg._target_), Fex) else {}
+        cls = get_class(mcfg._target_)
+        extra = {"explainer": explainer} if issubclass(cls, Fex) else {}
+        if getattr(cls, "needs_data", False):  # fitted on the job's data (e.g. kmeans_prototypes' training split)
+            extra["data"] = build_data(cfg.data)
         out[name] = lambda mcfg=mcfg, extra=extra: instantiate(mcfg, blackbox=blackbox, masker=explainer.masker, **extra)
     return out
 
