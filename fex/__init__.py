@@ -4,16 +4,18 @@
     explainer = fex.load_explainer("explainer.ckpt", target=my_model)   # the checkpoint is the explainer
     attributions = explainer.attribute(images)          # input shape, one forward pass
     scores = explainer.feature_scores(images)           # [B, F]
+    short = fex.compress(text_explainer, texts, keep=0.5)   # the top half of each text's words, in order
 """
 from fex.compat import patch_torchvision_ops
 
 patch_torchvision_ops()  # before anything imports pytorch_lightning -> torchmetrics -> torchvision
 
 from fex.blackbox import BlackBox  # noqa: E402
+from fex.compression import compress  # noqa: E402
 from fex.errors import CheckpointError  # noqa: E402, DataError, FexError, InputError, TargetError, TargetMismatchError
 from fex.explainer import build_explainer, load_explainer  # noqa: E402
 from fex.module import ExplainerModule  # noqa: E402
 
-__all__ = ["BlackBox", "ExplainerModule", "build_explainer", "load_explainer", "FexError", "InputError", "TargetError",
+__all__ = ["BlackBox", "ExplainerModule", "build_explainer", "load_explainer", "compress", "FexError", "InputError", "TargetError",
            "CheckpointError", "TargetMismatchError", "DataError"]
 __version__ = "0.1.0"
