@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's fex, also when another one is installed
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     table = compare.markdown_table(rows)
-    budgets = {k: {kk: vv for kk, vv in v.items() if kk != "_target_"} for k, v in cfg.method.items()}
+    budgets = {k: {kk: vv for kk, vv in OmegaConf.to_container(v).items() if kk != "_target_"}  # lists: plain (JSON)
+               for k, v in cfg.method.items()}
     header = (f"MNIST CNN, {explainer.masker.num_features()} patch features, {len(x)} test digits, batches of "
               f"{a.batch_size}; fex over {len(a.checkpoint)} training seed(s); {machine()}\nbudgets: {budgets}\n")
     write_text(out / "table.md", header + "\n" + table + "\n")
