@@ -12,12 +12,17 @@ same 7x7 patch features; quality is scored identically (fex.metrics.faithfulness
 markdown table with ratios relative to KernelShap and writes metrics.json + plots to --out.
 Cost definitions (queries, median time per explanation, peak memory) are in fex/compare.py.
 Extra Hydra overrides (e.g. method.kernel_shap.n_samples=500 masker grids) go after ``--``.
+With ``kmeans_prototypes`` among the methods, its nearest-prototype classifier's test accuracy is
+printed beside the CNN's (``kmeans.json``) and its prototypes and concept maps drawn (``prototypes.png``).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's fex, also when another one is installed
@@ -27,8 +32,11 @@ from fex import compare  # noqa: E402
 from fex.bench import bench_seeds, machine  # noqa: E402
 from fex.io import write_json, write_text  # noqa: E402
 from fex.render import plots  # noqa: E402
+from fex.tasks.common import build_data  # noqa: E402
+from fex.tasks.evaluate import build_methods  # noqa: E402
 
-DEFAULT_METHODS = "fex,banzhaf,kernel_shap,lime,feature_ablation,shapley_sampling,integrated_gradients,rise,random"
+DEFAULT_METHODS = ("fex,banzhaf,kernel_shap,lime,feature_ablation,shapley_sampling,integrated_gradients,rise,"
+                   "kmeans_prototypes,random")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -45,7 +53,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     table = compare.markdown_table(rows)
-    budgets = {k: {kk: vv for kk, vv in v.items() if kk != "_target_"} for k, v in cfg.method.items()}
+    budgets = {k: {kk: vv for kk, vv in OmegaConf.to_container(v).items() if kk != "_target_"}  # lists: plain (JSON)
+               for k, v in cfg.method.items()}
     header = (f"MNIST CNN, {explainer.masker.num_features()} patch features, {len(x)} test digits, batches of "
               f"{a.batch_size}; fex over {len(a.checkpoint)} training seed(s); {machine()}\nbudgets: {budgets}\n")
     write_text(out / "table.md", header + "\n" + table + "\n")
@@ -56,7 +65,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     plots.quality_vs_time(rows, out / "quality_vs_time.png")
     explainer.masker.renderer().gallery(x[:8], plots.method_rows(rows, 8), out / "gallery")
     print(header + "\n" + table)
+    if "kmeans_prototypes" in a.methods.split(","):
+        kmeans_report(cfg, explainer, x, out)
     return rows
+
+
+def kmeans_report(cfg, explainer, x, out: Path) -> dict:
+    """The k-means classifier's test accuracy beside the CNN's (whole test split), and its prototypes."""
+    km = build_methods(cfg, explainer.blackbox, explainer)["kmeans_prototypes"]()
+    test = build_data(cfg.data).dataset(cfg.split)
+    xs, ys = (torch.stack([test[i][j] for i in range(len(test))]) for j in (0, 1))
+    acc = {**km.accuracy(xs, ys), "fit": km.fit_info}
+    write_json(out / "kmeans.json", acc)
+    n = min(8, len(x))
+    exp = km.explain(x[:n], explainer.blackbox(x[:n]).argmax(-1))
+    explainer.masker.renderer().prototypes(x[:n], exp, km.exemplars, km.proto_class, out / "prototypes",
+                                           [f"pred {int(t)}" for t in exp["target"]])
+    print(f"kmeans_prototypes: test accuracy {acc['kmeans_accuracy']:.4f} vs the CNN's {acc['cnn_accuracy']:.4f} "
+          f"(agreement {acc['agreement']:.4f}, {acc['n']} test digits, {len(km.proto_class)} prototypes)")
+    return acc
 
 
 if __name__ == "__main__":

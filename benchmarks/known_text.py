@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's fex (and tests.text_helpers), a
 import fex  # noqa: E402,F401  (compat shims before lightning)
 import torch  # noqa: E402
 
-from fex.baselines import Banzhaf, FeatureAblation, Fex, RandomAttribution  # noqa: E402
+from fex.methods.baselines import Banzhaf, FeatureAblation, Fex, RandomAttribution  # noqa: E402
 from fex.bench import compose, machine  # noqa: E402
 from fex.data.text import load_splits  # noqa: E402
 from fex.io import write_json, write_text  # noqa: E402

@@ -43,7 +43,7 @@ from fex import objective as obj  # noqa: E402
 from fex.methods.baselines import KernelShap, msr_difference  # noqa: E402
 from fex.bench import compose, machine  # noqa: E402
 from fex.io import write_json, write_text  # noqa: E402
-from fex.tasks.common import build_blackbox, build_data  # noqa: E402
+from fex.config import build_blackbox, build_data  # noqa: E402
 
 SAMPLERS = {"q=0.5": ("paired_uniform", 0.5), "q=0.7": ("uniform", 0.7), "q=0.9": ("uniform", 0.9),
             "t~U(0,1)": ("uniform_t", 0.5)}

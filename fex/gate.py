@@ -20,13 +20,17 @@ probability ``k / (n + 1) <= alpha``: the stated false-alarm rate. (``reference=
 all validation inputs, without reference queries: then ``P(fail) <= alpha``.) The calibration is saved
 next to the checkpoint (``<ckpt>.gate.json``, with the checkpoint's sha256; a stale sidecar is
 refused). A failed explanation is replaced by a per-instance method on the same features
-(``FeatureAblation`` by default), and its queries are counted per input too.
+(``FeatureAblation`` by default), and its queries are counted per input too. With
+``prescreen=`` (a calibrated :class:`fex.ood.Prescreen`: a zero-query abnormality score of the
+explanation and a threshold) only the inputs it flags are checked; the others pass unchecked and
+cost no gate queries.
 
 The task-level screen (is this explainer good enough on this target at all?) is :mod:`fex.screen`;
 its names are importable from here too.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -125,12 +129,16 @@ class Gate:
             explainer's scores, only flag them).
         fallback_kwargs: constructor arguments of the fallback method.
         seed: random comparator seed.
+        prescreen: a first stage (a calibrated :class:`fex.ood.Prescreen`, or anything with
+            ``flag(x, target) -> bool [B]``): :meth:`verify` checks only the flagged inputs.
+            Not saved in the sidecar: pass it again after :meth:`load`.
     """
 
     def __init__(self, blackbox: BlackBox | None = None, masker: Masker | None = None,
                  fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.5), comparator: str = "bottom",
                  threshold: float | None = None, alpha: float = 0.1, max_queries: int = 10,
-                 fallback: str | None = "feature_ablation", fallback_kwargs: dict | None = None, seed: int = 0) -> None:
+                 fallback: str | None = "feature_ablation", fallback_kwargs: dict | None = None, seed: int = 0,
+                 prescreen: Any = None) -> None:
         self.fractions = tuple(float(f) for f in fractions)
         if not self.fractions or not all(0 < f <= 1 for f in self.fractions):
             raise ConfigError(f"gate fractions must be in (0, 1], got {list(self.fractions)}")
@@ -152,6 +160,7 @@ class Gate:
         self.fallback = fallback
         self.fallback_kwargs = dict(fallback_kwargs or {})
         self.seed = int(seed)
+        self.prescreen = prescreen
         self.calibration: dict = {}
 
     @property
@@ -218,6 +227,8 @@ class Gate:
             raise ConfigError("the gate is not calibrated: call Gate.calibrate(...) or Gate.load(checkpoint)")
         if isinstance(explainer_or_scores, torch.Tensor) and target is None:
             raise InputError("verifying precomputed scores needs their explained class: target=...")
+        if self.prescreen is not None:
+            return self._verify_prescreened(explainer_or_scores, x, target)
         bb, masker = self._parts(explainer_or_scores)
         out = self.check(explainer_or_scores, x, target)
         passed = out["statistic"] >= self.threshold
@@ -243,6 +254,45 @@ class Gate:
                 "target": out["target"], "valid": valid, "num_features": valid.sum(1),
                 "passed": passed, "statistic": out["statistic"], "queries": queries, "method": method,
                 "explainer_scores": out["scores"], "threshold": self.threshold}
+
+    def _verify_prescreened(self, explainer_or_scores: Any, x: Any, target: Any) -> dict:
+        """:meth:`verify` of the inputs the prescreen flags; the rest keep the explainer's scores,
+        pass unchecked (``statistic`` NaN) and spend only the prediction query, if one was needed.
+        Adds ``flagged`` [B] bool."""
+        bb, masker = self._parts(explainer_or_scores)
+        given = isinstance(explainer_or_scores, torch.Tensor)
+        b = masker.batch_size(x)
+        with bb.counting() as c:  # the explainer's own cost: the prediction when target is None
+            if given:
+                base = {"scores": explainer_or_scores.float().cpu(), "target": torch.as_tensor(target).long().flatten()
+                        .expand(b)}
+            else:
+                base = explainer_or_scores.explain(x, target) if hasattr(explainer_or_scores, "explain") else \
+                    {"scores": explainer_or_scores.attribute(x, target)}
+                if "target" not in base:
+                    base["target"] = torch.as_tensor(target).long().flatten().expand(b)
+        t = base["target"].cpu()
+        flagged = self.prescreen.flag(x, t).cpu().bool()  # zero target queries
+        pred_q = c.n // max(1, b)
+        scores, valid = base["scores"].float().cpu().clone(), masker.valid(x).cpu()
+        passed = torch.ones(b, dtype=torch.bool)
+        statistic = torch.full((b,), float("nan"))
+        queries = torch.full((b,), pred_q, dtype=torch.long)
+        name = "given" if given else getattr(explainer_or_scores, "name", "fex")
+        method = [name] * b
+        idx = flagged.nonzero().flatten()
+        if idx.numel():
+            inner = copy.copy(self)
+            inner.prescreen = None
+            sub = inner.verify(scores[idx], masker.select(x, idx.to(masker.device_of(x))), t[idx])
+            scores[idx], passed[idx], statistic[idx] = sub["scores"], sub["passed"], sub["statistic"]
+            queries[idx] += sub["queries"]
+            for j, i in enumerate(idx.tolist()):
+                method[i] = name if sub["method"][j] == "given" else sub["method"][j]
+        return {"scores": scores, "attributions": masker.expand(scores.to(masker.device_of(x)), x), "target": t,
+                "valid": valid, "num_features": valid.sum(1), "passed": passed, "statistic": statistic,
+                "queries": queries, "method": method, "explainer_scores": base["scores"].float().cpu(),
+                "threshold": self.threshold, "flagged": flagged}
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, explainer: Any, x_val: Any, alpha: float | None = None, target: Any = None,

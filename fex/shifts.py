@@ -2,7 +2,9 @@
 
 Letters: B batch, F features, C channels, H W pixels.
 
-* Images ([B, C, H, W] in [0, 1]): :func:`invert_images` and :func:`noise_images`, out of distribution.
+* Images ([B, C, H, W] in [0, 1]): :func:`invert_images` and :func:`noise_images`, out of distribution;
+  geometric ones, :func:`rotate_images` and :func:`translate_images`; other data,
+  :func:`sklearn_digits` (scikit-learn's 8x8 digits, upscaled).
 * Text (lists of strings): :func:`shuffle_words` (each snippet's words in a random order) and
   :func:`replace_words` (a random share of each snippet's words swapped for other words of the
   batch), out of distribution.
@@ -30,6 +32,33 @@ def noise_images(x: torch.Tensor, std: float = 0.5, seed: int = 0) -> torch.Tens
     """``x + N(0, std^2)``, clipped to [0, 1]."""
     g = torch.Generator().manual_seed(seed)
     return (x + std * torch.randn(x.shape, generator=g)).clamp(0, 1)
+
+
+def rotate_images(x: torch.Tensor, quarter_turns: int = 1) -> torch.Tensor:
+    """Each image turned by ``quarter_turns`` x 90 degrees (counter-clockwise)."""
+    return torch.rot90(x, int(quarter_turns), dims=(-2, -1))
+
+
+def translate_images(x: torch.Tensor, dx: int = 6, dy: int = 0) -> torch.Tensor:
+    """Each image moved ``dx`` pixels right and ``dy`` down; uncovered pixels become 0."""
+    out = torch.zeros_like(x)
+    h, w = x.shape[-2:]
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[..., yd, xd] = x[..., ys, xs]
+    return out
+
+
+def sklearn_digits(size: int = 28, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1,797 8x8 digits (another data set of the same task), scaled to [0, 1] and
+    upscaled bilinearly to ``size`` x ``size``: (x [N, 1, size, size], labels [N])."""
+    from sklearn.datasets import load_digits  # third-party, only this shift needs it
+
+    d = load_digits()
+    x = torch.as_tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    y = torch.as_tensor(d.target, dtype=torch.long)
+    return (x, y) if n is None else (x[:n], y[:n])
 
 
 # --------------------------------------------------------------------------- text

@@ -71,7 +71,7 @@ def test_cleaning_finds_the_planted_backdoor_and_removal_repairs_the_model():
 
 
 def test_clean_config_composes_and_builds_every_attributor(tmp_path):
-    from fex.tasks.common import build
+    from fex.config import build
 
     cfg = compose("tda", ["tda_task=clean"], tmp_path)
     assert cfg.tda_task.name == "clean"

@@ -12,6 +12,8 @@ by option name, that evaluate, the benchmarks, the trust gate and screen, and se
   ``interactions`` extra, imported when one runs) with Shapley values derived from the Möbius transform.
 * :mod:`fex.methods.psig` - path-sampled integrated gradients (white box).
 * :mod:`fex.methods.rloco` - regional leave-one-covariate-out explanations (R-LOCO).
+* :mod:`fex.methods.kmeans_prototypes` - k-means self-explanation of a CNN target (KMEx): nearest-prototype
+  classifier on its encoder output, prototypes and concept maps (white box, scikit-learn).
 * :mod:`fex.methods.nullcheck` - a target that provably ignores chosen features (a test of methods).
 
 Cost accounting (queries, forward/backward passes, memory) is :mod:`fex.cost`.
@@ -24,9 +26,11 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
+from fex.config import build_data
 from fex.errors import ConfigError, InputError
 from fex.methods.baselines import (Banzhaf, FeatureAblation, Fex, IntegratedGradients, KernelShap, Lime, Method,
                                    RandomAttribution, Rise, ShapleyValueSampling)
+from fex.methods.kmeans_prototypes import KMeansPrototypes
 from fex.methods.psig import PathSampledIG
 from fex.methods.rloco import RegionalLOCO
 from fex.methods.spex import ProxySpexInteractions, SpexInteractions
@@ -48,6 +52,7 @@ METHODS: dict[str, type[Method]] = {
     "rloco": RegionalLOCO,
     "spex": SpexInteractions,
     "proxyspex": ProxySpexInteractions,
+    "kmeans_prototypes": KMeansPrototypes,
 }
 
 
@@ -73,10 +78,13 @@ def scores_of(explainer: Any, x: Any, target: torch.Tensor) -> torch.Tensor:
 
 def build_methods(cfg: DictConfig, blackbox: Any, explainer: Any) -> dict[str, Callable[[], Method]]:
     """A job's ``method`` group -> name -> zero-argument factory, each bound to ``blackbox`` and the
-    explainer's masker (``fex`` to the explainer itself). Built lazily: one broken method is reported,
-    not fatal."""
+    explainer's masker (``fex`` to the explainer itself; a method class with ``needs_data = True`` gets the
+    job's data module as ``data``). Built lazily: one broken method is reported, not fatal."""
     out = {}
     for name, mcfg in (cfg.get("method") or {}).items():
-        extra = {"explainer": explainer} if issubclass(get_class(mcfg._target_), Fex) else {}
+        cls = get_class(mcfg._target_)
+        extra = {"explainer": explainer} if issubclass(cls, Fex) else {}
+        if getattr(cls, "needs_data", False):  # fitted on the job's data (e.g. kmeans_prototypes' training split)
+            extra["data"] = build_data(cfg.data)
         out[name] = lambda mcfg=mcfg, extra=extra: instantiate(mcfg, blackbox=blackbox, masker=explainer.masker, **extra)
     return out

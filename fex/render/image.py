@@ -49,6 +49,40 @@ def heatmap_grid(images: torch.Tensor, rows: Sequence[tuple[str, torch.Tensor]],
     return save_figure(fig, path)
 
 
+def prototype_grid(images: torch.Tensor, concept_maps: torch.Tensor, own: torch.Tensor, rival: torch.Tensor,
+                   titles: Sequence[str] | None = None, own_titles: Sequence[str] | None = None,
+                   rival_titles: Sequence[str] | None = None, path: str | os.PathLike = "prototypes.png",
+                   cmap: str = "RdBu_r", alpha: float = 0.6) -> Path:
+    """Prototype explanations, one column per input: the input, its concept map [N, h, w] over it
+    (red: like its own prototype, blue: like the rival's; spread over the pixels), the exemplar of
+    its own prototype and of the rival prototype ([N, C, H, W] each)."""
+    plt = _plt()
+    n = images.shape[0]
+    fig, axes = plt.subplots(4, n, figsize=(1.3 * n, 5.6), squeeze=False)
+    maps = torch.nn.functional.interpolate(concept_maps.detach().float().cpu().unsqueeze(1), size=images.shape[-2:],
+                                           mode="nearest")[:, 0]
+    for j in range(n):
+        base = to_display(images[j])
+        grey = "gray" if base.ndim == 2 else None
+        axes[0][j].imshow(base, cmap=grey)
+        axes[1][j].imshow(base, cmap=grey)
+        lim = float(maps[j].abs().max()) or 1.0
+        axes[1][j].imshow(maps[j].numpy(), cmap=cmap, alpha=alpha, vmin=-lim, vmax=lim)
+        for r, (imgs, names) in enumerate(((own, own_titles), (rival, rival_titles)), start=2):
+            ex = to_display(imgs[j])
+            axes[r][j].imshow(ex, cmap="gray" if ex.ndim == 2 else None)
+            if names is not None:
+                axes[r][j].set_title(names[j], fontsize=7)
+        if titles is not None:
+            axes[0][j].set_title(titles[j], fontsize=7)
+    for i, name in enumerate(("input", "concept map", "own prototype", "rival prototype")):
+        axes[i][0].set_ylabel(name, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return save_figure(fig, path)
+
+
 def load_image(path: Path, shape: Sequence[int]) -> torch.Tensor:
     """[C, H, W] float in [0, 1] resized to ``shape``; raises on anything PIL cannot decode."""
     from PIL import Image
@@ -77,6 +111,16 @@ class ImageRenderer(Renderer):
     def save(self, x: torch.Tensor, scores: torch.Tensor, path, caption=None) -> Path:
         return heatmap_grid(x[:1].cpu(), self._maps(x, [("FEX", scores)], 1), [caption] if caption else None,
                             Path(f"{path}.heatmap.png"))
+
+    def prototypes(self, x: torch.Tensor, explanation: dict, exemplars: torch.Tensor, classes: torch.Tensor, path,
+                   captions=None) -> Path:
+        """A prototype method's explanations (``kmeans_prototypes``: ``concept_map``, ``prototype``,
+        ``rival``) with each prototype's exemplar image ``exemplars`` [P, C, H, W] and class [P]."""
+        own, rival = explanation["prototype"].cpu(), explanation["rival"].cpu()
+        return prototype_grid(x.cpu(), explanation["concept_map"], exemplars[own], exemplars[rival],
+                              list(captions) if captions else None,
+                              [f"proto {int(p)} ({int(classes[p])})" for p in own],
+                              [f"proto {int(p)} ({int(classes[p])})" for p in rival], Path(path).with_suffix(".png"))
 
     def read(self, source: Path) -> tuple[list[tuple[dict, Any]], list[dict]]:
         shape = getattr(self.masker, "input_shape", None)

@@ -6,7 +6,9 @@ for text explainers a .txt file (one text per line), a .csv/.tsv file (a ``text`
 the first) or ``text="..."``. Output under ``output_dir``: what the renderer draws per input
 (``<name>.heatmap.png`` for images; coloured words in the terminal for text), ``scores.json``
 (per input: explained class, its name and probability, feature scores; skipped inputs with
-the reason) and ``scores.npz``. Unreadable inputs are reported on stderr and skipped; the
+the reason) and ``scores.npz``. ``compress=0.5`` (text explainers) also keeps each text's top half of
+words by attribution, in order (:mod:`fex.compression`): ``compressed`` per input in scores.json and
+``compressed.txt`` (one text per line). Unreadable inputs are reported on stderr and skipped; the
 rest are still explained. Files are written atomically.
 """
 from __future__ import annotations
@@ -19,11 +21,12 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from fex.errors import DataError
+from fex.compression import compress_words, keep_count
+from fex.errors import DataError, InputError
 from fex.explainer import open_checkpoint
 from fex.gate import Gate
 from fex.inputs import check_options
-from fex.io import atomic_write, check_writable, write_json
+from fex.io import atomic_write, check_writable, write_json, write_text
 from fex.module import ExplainerModule
 
 
@@ -72,6 +75,12 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
     convert = {k: cfg.get(k, d) for k, d in (("input_size", "strict"), ("channels", "strict"), ("scale", "auto"))}
     check_options(**convert)  # a typo fails now, not per file
     cfg, explainer = open_checkpoint(cfg)  # read once, failing fast, before the target is built
+    keep = cfg.get("compress")
+    if keep is not None:
+        keep_count(1, float(keep))  # a bad fraction fails now
+        if not hasattr(explainer.masker, "encode"):
+            raise InputError(f"compress= shortens texts; this explainer's masker ({type(explainer.masker).__name__}) "
+                             "explains images")
     renderer = explainer.masker.renderer()
     renderer.convert = convert  # explicit input conversions (images), see fex.inputs
     if sentence is not None:
@@ -86,6 +95,10 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
     if cfg.get("verify"):  # the calibrated trust gate of this checkpoint (<checkpoint>.gate.json)
         verify = Gate.load(os.path.expanduser(str(cfg.checkpoint)))
     results = explain_items(explainer, items, out, int(cfg.batch_size), verify)
+    if keep is not None:  # the words are the text masker's features, as in rec["words"]
+        for rec in results:
+            rec["compressed"] = compress_words(rec["words"], rec["scores"], float(keep))
+        write_text(out / "compressed.txt", "".join(r["compressed"] + "\n" for r in results))
     keys = [str(r.get("file", r.get("line"))) for r in results]
     with atomic_write(out / "scores.npz") as fh:  # ragged (text) scores are stored one array per input
         np.savez(fh, names=np.asarray(keys), targets=np.asarray([r["target"] for r in results]),
@@ -95,5 +108,7 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
                                           "notes": renderer.notes.summary() if getattr(renderer, "notes", None) else []})
     metrics = {"explained": len(results), "skipped": len(skipped), "json": str(js), "npz": str(out / "scores.npz"),
                "output_dir": str(out)}
+    if keep is not None:
+        metrics["compressed"] = str(out / "compressed.txt")
     print(f"fex-explain: {metrics['explained']} explained, {metrics['skipped']} skipped -> {out}", flush=True)
     return metrics, {"explainer": explainer, "results": results, "skipped": skipped}

@@ -1,0 +1,154 @@
+"""Attribution-abnormality OOD scores, the prescreen and Gate(prescreen=...) (fex.ood): known answers."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from fex.errors import ConfigError, TargetError
+from fex.gate import Gate
+from fex.maskers.image import PatchMasker
+from fex.ood import (AbnormalityScore, AttributionAbnormality, GradientAbnormality, Prescreen, auroc,
+                     upper_conformal_threshold, zscore_abnormality)
+from fex.shifts import rotate_images, sklearn_digits, translate_images
+from helpers import PLANTED, planted_blackbox, synthetic_images
+
+F = 16
+
+
+def test_zscore_auroc_and_threshold_by_hand():
+    v = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    a = zscore_abnormality(v, torch.zeros(2), torch.tensor([1.0, 2.0]))
+    eps = 1e-3 * 1.5
+    assert a.tolist() == pytest.approx([(1 / (1 + eps) + 2 / (2 + eps)) / 2, 0.0])
+    assert auroc(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0])) == 1.0
+    assert auroc(torch.tensor([0.0, 1.0]), torch.tensor([0.5, 0.5])) == 0.5
+    assert auroc(torch.tensor([1.0]), torch.tensor([1.0])) == 0.5  # a tie counts half
+    assert auroc(torch.tensor([2.0, 3.0]), torch.tensor([0.0])) == 0.0
+    s = torch.arange(1.0, 10.0)  # n = 9, rate 0.2: k = ceil(0.8 * 10) = 8 -> the 8th smallest
+    assert upper_conformal_threshold(s, 0.2) == 8.0
+    assert upper_conformal_threshold(torch.arange(3.0), 0.1) == math.inf  # too few to flag at 10%
+
+
+class QuadrantNet(nn.Module):
+    """A = relu(x) on [B, 1, 2, 2] (the spatial block), then a linear head: log p gradients are analytic."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.block = nn.ReLU()
+        self.head = nn.Linear(4, w.shape[0], bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(w)
+        self.head.weight.requires_grad_(False)  # a frozen target, as BlackBox models are
+
+    def forward(self, x):
+        return self.head(self.block(x).flatten(1))
+
+
+def test_gradient_abnormality_matches_the_analytic_gradient():
+    w = torch.tensor([[1.0, 0.0, 0.0, 2.0], [0.0, 1.0, -1.0, 0.0], [0.5, 0.5, 0.5, 0.5]])
+    net = QuadrantNet(w)
+    x = torch.tensor([[[[1.0, -1.0], [0.5, 2.0]]], [[[-1.0, -1.0], [-1.0, 3.0]]]])
+    a = x.clamp_min(0).flatten(1)  # [B, 4]
+    p = torch.softmax(a @ w.T, -1)
+    y = p.argmax(-1)
+    g = w[y] - p @ w  # d log p_y / d a = w_y - sum_c p_c w_c
+    avg = GradientAbnormality(net, "average").statistics(x)
+    assert avg.shape == (2, 1) and torch.allclose(avg[:, 0], g.mean(1), atol=1e-6)
+    zeros = GradientAbnormality(net, "zeros").statistics(x)
+    assert torch.allclose(zeros[:, 0], ((g * a) == 0).float().mean(1))
+    assert zeros[1, 0] == 0.75  # three of four activations are 0 (negative inputs)
+    with pytest.raises(TargetError, match="white-box"):
+        GradientAbnormality(lambda t: t)
+
+
+def stub_explainer(tau: float = 2.0):
+    """policy_logits(x) = the 4 quadrant means of x for each of 2 classes (a zero-query 'attribution')."""
+    masker = PatchMasker((2, 2), (1, 8, 8))
+    obj = SimpleNamespace(temperature=tau, attribution="logit")
+
+    def policy_logits(x):
+        q = torch.nn.functional.avg_pool2d(x, 4).flatten(1)  # [B, 4]
+        return torch.stack([q, -q], 2)  # [B, F=4, C=2]
+
+    def read_out(logits, cls, valid):
+        return tau * logits.gather(2, cls.view(-1, 1, 1).expand(-1, logits.shape[1], 1)).squeeze(2) * valid
+
+    return SimpleNamespace(masker=masker, objective=obj, policy_logits=policy_logits, read_out=read_out)
+
+
+def test_attribution_abnormality_is_the_mean_abs_zscore_of_the_attribution():
+    g = torch.Generator().manual_seed(0)
+    x_val = torch.rand(400, 1, 8, 8, generator=g)
+    sc = AttributionAbnormality(stub_explainer(), "logits").fit(x_val)
+    v = sc.statistics(x_val)
+    assert v.shape == (400, 8)
+    assert torch.allclose(sc.mean, v.mean(0)) and torch.allclose(sc.std, v.std(0))
+    # uniform pixels: a quadrant mean (16 pixels) has mean 1/2 and std sqrt(1/12/16); the statistics are
+    # +-tau * quadrant means, so a constant image 3 std above 1/2 is 3 std off in every statistic
+    assert sc.mean.abs().tolist() == pytest.approx([1.0] * 8, rel=0.02)
+    off = torch.full((1, 1, 8, 8), 0.5 + 3 * (1 / 12 / 16) ** 0.5)
+    assert sc.score(off).item() == pytest.approx(3.0, rel=0.1)
+    assert sc.score(torch.full((1, 1, 8, 8), 0.5)).item() < 0.2
+    assert AttributionAbnormality(stub_explainer(), "scores").fit(x_val).statistics(x_val[:3], 0).shape == (3, 4)
+    dark = x_val[:50] * 0.2
+    assert auroc(sc.score(x_val[:200]), sc.score(dark)) == 1.0
+    with pytest.raises(ConfigError, match="not calibrated"):
+        AttributionAbnormality(stub_explainer()).score(x_val[:2])
+
+
+class PixelSpread(AbnormalityScore):
+    """One statistic: the standard deviation of an image's pixels (a test score, not a fex one)."""
+
+    name = "pixel_spread"
+
+    def statistics(self, x, target=None):
+        return x.flatten(1).std(1, keepdim=True)
+
+
+def test_prescreen_flags_the_stated_rate_in_distribution_and_every_shifted_input():
+    pre = Prescreen(PixelSpread(), rate=0.1)
+    pre.calibrate(synthetic_images(4000, seed=0))  # 2000 for the statistics, 2000 for the threshold
+    rate = pre.flag(synthetic_images(4000, seed=1)).float().mean().item()
+    assert 0.07 <= rate <= 0.13  # conformal: about 10% of new in-distribution inputs (sd of the rate ~0.007)
+    assert pre.flag(0.4 + 0.3 * synthetic_images(100, seed=2)).all()  # low-contrast images: all flagged
+
+
+def oracle_scores(n, seed=0):
+    s = 0.01 * torch.rand(n, F, generator=torch.Generator().manual_seed(seed))
+    s[:, list(PLANTED)] += 1
+    return s
+
+
+def test_gate_with_prescreen_checks_only_flagged_inputs_with_exact_queries():
+    bb, masker = planted_blackbox(), PatchMasker((4, 4), (1, 16, 16))
+    pre = Prescreen(PixelSpread(), rate=0.1)
+    pre.calibrate(synthetic_images(400, seed=0))
+    gate = Gate(bb, masker, prescreen=pre)
+    gate.calibrate(oracle_scores(200), synthetic_images(200, seed=0), alpha=0.1, target=1, reference=None)
+    x = synthetic_images(40, seed=1)
+    q0 = bb.queries
+    good = gate.verify(oracle_scores(40, seed=1), x, target=1)
+    fl = good["flagged"]
+    assert int(fl.sum()) <= 10
+    assert good["queries"][~fl].tolist() == [0] * int((~fl).sum())  # unflagged: no gate queries at all
+    assert good["passed"][~fl].all() and torch.isnan(good["statistic"][~fl]).all()
+    assert (good["queries"][fl] >= 9).all() and bb.queries - q0 == int(good["queries"].sum())
+    # shifted inputs (low contrast, still class 1) with a shuffled explanation: all flagged, checked, caught
+    xs = 0.4 + 0.3 * synthetic_images(20, seed=3)
+    perm = torch.randperm(F, generator=torch.Generator().manual_seed(3))
+    bad = gate.verify(oracle_scores(20, seed=3)[:, perm], xs, target=1)
+    assert bad["flagged"].all() and not bad["passed"].any()
+    assert bad["queries"].tolist() == [9 + F + 1] * 20 and set(bad["method"]) == {"feature_ablation"}
+
+
+def test_new_shifts():
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 0, 0] = 1
+    assert rotate_images(x)[0, 0, 3, 0] == 1  # a quarter turn counter-clockwise: top-left -> bottom-left
+    t = translate_images(x, dx=2, dy=1)
+    assert t[0, 0, 1, 2] == 1 and t.sum() == 1
+    assert translate_images(x, dx=-1).sum() == 0  # moved out of the frame
+    xd, yd = sklearn_digits(size=28, n=10)
+    assert xd.shape == (10, 1, 28, 28) and 0 <= xd.min() and xd.max() <= 1 and yd.tolist()[:3] == [0, 1, 2]
