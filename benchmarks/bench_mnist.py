@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     table = compare.markdown_table(rows)
-    budgets = {k: {kk: vv for kk, vv in OmegaConf.to_container(v).items() if kk != "_target_"}  # lists: plain (JSON)
+    budgets = {k: {kk: vv for kk, vv in OmegaConf.to_container(v, resolve=True).items() if kk != "_target_"}  # lists: plain (JSON)
                for k, v in cfg.method.items()}
     header = (f"MNIST CNN, {explainer.masker.num_features()} patch features, {len(x)} test digits, batches of "
               f"{a.batch_size}; fex over {len(a.checkpoint)} training seed(s); {machine()}\nbudgets: {budgets}\n")
