@@ -55,6 +55,14 @@ def word_scores(explainer: Any, x: dict, target: Any = None) -> tuple[torch.Tens
     return explainer.attribute(x, t).float().cpu(), t
 
 
+def check_compressible(masker: Any, keep: float) -> None:
+    """One-line errors, before any work, for a bad ``keep`` or a masker whose features are not words."""
+    keep_count(1, float(keep))
+    if not hasattr(masker, "encode"):
+        raise InputError(f"compress shortens texts: it needs a text explainer (a word masker), not "
+                         f"{type(masker).__name__}")
+
+
 def compress(explainer: Any, texts: Sequence[str] | str, keep: float = 0.5, target: Any = None,
              batch_size: int = 64) -> list[str]:
     """Shortened ``texts``: each keeps its top ``ceil(keep * n)`` words by attribution, in order.
@@ -63,11 +71,9 @@ def compress(explainer: Any, texts: Sequence[str] | str, keep: float = 0.5, targ
     a per-instance method on the same masker. ``target``: the class whose evidence is kept (default:
     the black box's prediction for each text).
     """
-    keep_count(1, keep)  # a bad fraction fails before any work
-    texts = [texts] if isinstance(texts, str) else list(texts)
     masker = explainer.masker
-    if not hasattr(masker, "encode"):
-        raise InputError(f"compress works on text explainers (a word masker), not {type(masker).__name__}")
+    check_compressible(masker, keep)
+    texts = [texts] if isinstance(texts, str) else list(texts)
     out: list[str] = []
     for s in range(0, len(texts), batch_size):
         x = masker.encode(texts[s:s + batch_size])

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from fex.compression import compress_words, keep_count
-from fex.errors import DataError, InputError
+from fex.compression import check_compressible, compress_words
+from fex.errors import DataError
 from fex.explainer import open_checkpoint
 from fex.gate import Gate
 from fex.inputs import check_options
@@ -77,10 +77,7 @@ def explain(cfg: DictConfig) -> tuple[dict, dict]:
     cfg, explainer = open_checkpoint(cfg)  # read once, failing fast, before the target is built
     keep = cfg.get("compress")
     if keep is not None:
-        keep_count(1, float(keep))  # a bad fraction fails now
-        if not hasattr(explainer.masker, "encode"):
-            raise InputError(f"compress= shortens texts; this explainer's masker ({type(explainer.masker).__name__}) "
-                             "explains images")
+        check_compressible(explainer.masker, keep)  # a bad fraction or an image explainer fails now
     renderer = explainer.masker.renderer()
     renderer.convert = convert  # explicit input conversions (images), see fex.inputs
     if sentence is not None:
