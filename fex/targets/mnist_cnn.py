@@ -59,10 +59,7 @@ def fit_small_cnn(x: torch.Tensor, y: torch.Tensor, epochs: int = DEFAULT_EPOCHS
     model(x[:1])  # materialise the lazy layer
     loader = DataLoader(TensorDataset(x, y, torch.arange(len(y))), batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=False)
-    trainer.fit(_Classifier(model, lr), train_dataloaders=loader)
-    return model.eval()
+    return fit(mnist_classifier(model, lr), epochs=epochs, train_dataloaders=loader)
 
 
 def cache_path(cache_dir: str, seed: int, epochs: int, lr: float, val_size: int, test_size: int) -> Path:
