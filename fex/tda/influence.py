@@ -71,11 +71,9 @@ class Influence:
         self.timings.update({"prepare_s": t1 - t0, "sample_s": t2 - t1, "solver_setup_s": t3 - t2})
         return self
 
-    @torch.no_grad()
     def probs(self, z: torch.Tensor) -> torch.Tensor:
-        """Softmax outputs [N, C] of the model on prepared inputs, in chunks."""
-        cs = self.chunk_size
-        return torch.cat([self.model.logits(self.model.theta0, z[s:s + cs]).softmax(-1) for s in range(0, len(z), cs)])
+        """Softmax outputs [N, C] of the model on prepared inputs (:meth:`LossModel.probs`, in chunks)."""
+        return self.model.probs(z, self.chunk_size)
 
     # ------------------------------------------------------------------ scores
     def test_vectors(self, inputs: Any, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -153,10 +153,9 @@ class InformationAttributor:
         return self._whiten(self._grads(a, b))
 
     # ------------------------------------------------------------------ queries
-    @torch.no_grad()
     def probs(self, z: torch.Tensor) -> torch.Tensor:
-        cs = self.chunk_size
-        return torch.cat([self.model.logits(self.model.theta0, z[s:s + cs]).softmax(-1) for s in range(0, len(z), cs)])
+        """Softmax outputs [N, C] of the model on prepared inputs (:meth:`LossModel.probs`, in chunks)."""
+        return self.model.probs(z, self.chunk_size)
 
     def query_vectors(self, inputs: Any, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(whitened query features psi_q [T, D], the explained labels [T]); labels default to the prediction."""

@@ -108,6 +108,12 @@ class LossModel:
         parts = torch.split(theta, [s.numel() for s in self.shapes])
         return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes)}
 
+    @torch.no_grad()
+    def probs(self, z: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        """Softmax outputs [N, C] at the trained parameters on prepared inputs, in chunks."""
+        return torch.cat([self.logits(self.theta0, z[s:s + chunk_size]).softmax(-1)
+                          for s in range(0, len(z), chunk_size)])
+
     def logits(self, theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """theta [D], Z [N, ...] -> logits [N, C]."""
         p = self.unflatten(theta)
