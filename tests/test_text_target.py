@@ -26,6 +26,23 @@ def test_hf_classifier_is_a_text_blackbox(clf):
     assert bb.fingerprint()["weights_sha256"]
 
 
+def test_length_chunks_give_the_one_batch_logits(clf):
+    """Large batches run as length-sorted chunks padded to their own longest text: the same logits, in
+    the input order, as one batch padded to the longest (padding is masked out)."""
+    texts = ["a great film", "dull and far too long , with a plot that never once makes sense", "ok",
+             "the best performances of the year in a film nobody should miss", "bad", "fine but forgettable"] * 3
+    with torch.no_grad():
+        clf.chunk_size = 10 ** 6
+        whole = clf(texts)
+        clf.chunk_size = 4
+        chunked = clf(texts)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(chunked[0], chunked[1])  # rows were put back in their own order
+    clf.chunk_size = 64
+    with pytest.raises(Exception, match="chunk_size"):
+        type(clf)(clf.model, clf.tokenizer, chunk_size=0)
+
+
 def test_integrated_gradients_words_completeness(clf):
     from fex.targets.text import integrated_gradients_words
 

@@ -78,11 +78,14 @@ class HFTextClassifier(nn.Module):
     already truncates at word level with a warning, so explained texts always fit).
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int = 128) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int = 128, chunk_size: int = 64) -> None:
         super().__init__()
+        if chunk_size < 1:
+            raise TargetError(f"chunk_size must be >= 1, got {chunk_size}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
+        self.chunk_size = int(chunk_size)
         self.eval()
 
     @property
@@ -96,7 +99,23 @@ class HFTextClassifier(nn.Module):
         return {k: v.to(dev) for k, v in enc.items()}
 
     def forward(self, texts: Any) -> torch.Tensor:
-        return self.model(**self.encode(texts)).logits
+        """Logits [N, C]. Large batches run as chunks of ``chunk_size`` texts of similar token length,
+        each padded only to its own longest text: masked texts vary in length, and padding every one to
+        the batch's longest multiplies the encoder's work. Padding is masked out, so the logits are
+        those of one padded batch (up to float rounding)."""
+        enc = self.encode(texts)
+        mask = enc.get("attention_mask")
+        n = int(enc["input_ids"].shape[0])
+        if n <= self.chunk_size or mask is None or getattr(self.tokenizer, "padding_side", "right") != "right":
+            return self.model(**enc).logits
+        lengths = mask.sum(1)
+        order = torch.argsort(lengths)
+        parts = []
+        for start in range(0, n, self.chunk_size):
+            idx = order[start:start + self.chunk_size]
+            width = int(lengths[idx].max())
+            parts.append(self.model(**{k: v[idx, :width] for k, v in enc.items()}).logits)
+        return torch.cat(parts)[torch.argsort(order)]
 
     def save(self, path: str | os.PathLike) -> None:
         self.model.save_pretrained(path)
