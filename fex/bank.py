@@ -8,10 +8,24 @@ training input (its dataset index), the explained class, the reward of the full 
 needed, and up to ``budget`` masks with their rewards. While an input's bank is not full each step
 queries K new masks for it; afterwards its steps draw K banked masks and spend no queries. Training
 cost is then at most ``budget + 2`` queries per training input, however many epochs run.
+
+A bank outlives its run: training checkpoints store it (:meth:`RewardBank.state`), resuming restores it,
+and ``objective.bank_from=<training checkpoint>`` starts a new run from it (:meth:`RewardBank.from_state`,
+:meth:`RewardBank.resize`), as long as nothing its rewards depend on (:data:`DATA_FREE`,
+:data:`REWARD_KEYS`, the masker, the target) changed.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from fex.errors import CheckpointError
+
+#: data config keys that do not change which input a dataset index names (everything else must match)
+DATA_FREE = ("batch_size", "num_workers")
+#: objective fields a banked reward depends on (a bank serves a run only where these are equal)
+REWARD_KEYS = ("reward", "sparsity", "comprehensiveness", "sampler", "keep_rate")
 
 
 class RewardBank:
@@ -23,6 +37,37 @@ class RewardBank:
         self.masks: dict[int, torch.Tensor] = {}  # index -> bool [M, n]
         self.rewards: dict[int, torch.Tensor] = {}  # index -> [M]
         self.info: dict[int, dict[str, torch.Tensor]] = {}  # index -> {"cls", "p_full", ...}
+
+    def state(self) -> dict[str, Any]:
+        """Plain tensors and dicts (what a checkpoint stores; ``torch.load(weights_only=True)`` reads it)."""
+        return {"budget": self.budget, "paired": self.paired, "masks": self.masks, "rewards": self.rewards,
+                "info": self.info}
+
+    @classmethod
+    def from_state(cls, state: Any, where: str) -> "RewardBank":
+        """The bank of :meth:`state`, checked for shape (a damaged or crafted one is a one-line error)."""
+        try:
+            bank = cls(state["budget"], paired=state["paired"])
+            masks, rewards, info = dict(state["masks"]), dict(state["rewards"]), dict(state["info"])
+            for k, r in rewards.items():
+                m = masks[k]
+                if (not isinstance(k, int) or not isinstance(m, torch.Tensor) or not isinstance(r, torch.Tensor)
+                        or m.dtype != torch.bool or m.dim() != 2 or r.dim() != 1 or len(m) != len(r)
+                        or not all(isinstance(v, torch.Tensor) for v in info[k].values())):
+                    raise ValueError(f"input {k!r}")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"{where}: its reward bank is malformed ({type(exc).__name__}: {exc})") from None
+        bank.masks, bank.rewards, bank.info = masks, rewards, info
+        return bank
+
+    def resize(self, budget: int) -> "RewardBank":
+        """Serve a run with another ``query_budget``: a smaller one keeps each input's first ``budget`` masks
+        (whole pairs when ``paired`` and ``budget`` is even), a larger one queries the missing masks as usual."""
+        self.budget = int(budget)
+        for k, r in self.rewards.items():
+            if len(r) > self.budget:
+                self.masks[k], self.rewards[k] = self.masks[k][: self.budget], r[: self.budget]
+        return self
 
     def __len__(self) -> int:
         return len(self.info)

@@ -20,9 +20,10 @@ import pytorch_lightning as pl
 import torch
 
 from fex import objective as obj
-from fex.bank import RewardBank
+from fex.bank import DATA_FREE, REWARD_KEYS, RewardBank
 from fex.blackbox import BlackBox, check_num_classes, fingerprints_match
-from fex.checkpoint import BANK_KEY, CKPT_KEY, assemble, check_features, checkpoint_meta, read_checkpoint
+from fex.checkpoint import (BANK_KEY, CKPT_KEY, assemble, build_component, check_features, checkpoint_meta,
+                            read_checkpoint)
 from fex.cost import PeakMemory
 from fex.errors import CheckpointError, InputError, TargetMismatchError
 from fex.inputs import class_index
@@ -63,6 +64,7 @@ class ExplainerModule(pl.LightningModule):
         self._train_queries = 0
         self._val_seen = 0
         self._bank = None  # fex.bank.RewardBank when objective.query_budget > 0 (in training checkpoints only)
+        self._bank_gen: torch.Generator | None = None  # draws the banked masks (apart from the global stream)
         if blackbox is not None:
             self.attach(blackbox)
 
@@ -197,7 +199,7 @@ class ExplainerModule(pl.LightningModule):
             raise InputError("objective.query_budget needs (x, y, index) batches to key the reward bank")
         keys = [int(i) for i in torch.as_tensor(batch[2]).flatten().tolist()]
         if self._bank is None:
-            self._bank = RewardBank(o.query_budget, paired=o.sampler in ("paired_uniform", "shapley_kernel"))
+            self._bank = RewardBank(o.query_budget, paired=self._paired())
         bank, dev = self._bank, logits.device
         valid = self.masker.valid(x)
         if not bank.known(keys):
@@ -207,7 +209,11 @@ class ExplainerModule(pl.LightningModule):
         cls = p_full.argmax(-1)
         probs = torch.sigmoid(self._pick(logits.detach(), cls))
         if bank.room(keys) > 0:
-            fresh, _ = obj.sample_coupled(probs, o.num_samples, valid, o.sampler, o.keep_rate)
+            # their own stream (seeded by the run's seed): a run started from this bank (objective.bank_from)
+            # then draws the same global random numbers, and trains the same, as the run that queried it
+            if self._bank_gen is None or self._bank_gen.device != dev:
+                self._bank_gen = torch.Generator(device=dev).manual_seed(torch.initial_seed() + self.global_rank)
+            fresh, _ = obj.sample_coupled(probs, o.num_samples, valid, o.sampler, o.keep_rate, self._bank_gen)
             bank.add(keys, fresh, self._query(x, fresh, valid, cls, p_full)[1], valid.sum(1))
         masks, rewards = bank.sample(keys, o.num_samples, valid.shape[1], dev, logits.dtype)
         masks = masks * valid.unsqueeze(1).to(masks.dtype)
@@ -217,6 +223,53 @@ class ExplainerModule(pl.LightningModule):
         if o.needs_empty:
             roll.update(r_empty=bank.recall(keys, "r_empty", dev), r_full=bank.recall(keys, "r_full", dev))
         return self._finish(roll, values, probs), p_full
+
+    def _paired(self) -> bool:
+        return self.objective.sampler in ("paired_uniform", "shapley_kernel")
+
+    def bank_from(self, path: str | os.PathLike) -> RewardBank:
+        """The reward bank of an earlier run's training checkpoint (``<run>/checkpoints/best.ckpt`` or
+        ``last.ckpt``), read with :func:`~fex.checkpoint.read_checkpoint` (tensors and plain data only) and
+        fitted to this run's ``query_budget`` (:meth:`RewardBank.resize`). Refused with one line where its
+        rewards cannot be this run's: another target (fingerprint), other data (its config but
+        ``batch_size``/``num_workers``: the bank is keyed by dataset index), another masker or class count,
+        another reward or sampler (:data:`fex.bank.REWARD_KEYS`), or no bank in the file."""
+        ckpt = read_checkpoint(path)
+        where = f"objective.bank_from={ckpt['_path']}"
+        meta, state = ckpt[CKPT_KEY], ckpt.get(BANK_KEY)
+        if state is None:
+            raise CheckpointError(f"{where} holds no reward bank: name a training checkpoint of a run with "
+                                  "objective.query_budget > 0 (<run>/checkpoints/best.ckpt or last.ckpt)")
+        saved_fp = meta.get("target")
+        ok, why = (False, "it records no target fingerprint") if saved_fp is None else \
+            fingerprints_match(saved_fp, self._bb().fingerprint())
+        if not ok:
+            raise TargetMismatchError(f"{where}: its rewards come from another target: {why}")
+        saved, mine = meta["config"], self.config
+        sd, d = ({k: v for k, v in (c.get("data") or {}).items() if k not in DATA_FREE} for c in (saved, mine))
+        if not saved.get("data") or sd != d:
+            diff = sorted(k for k in set(sd) | set(d) if sd.get(k) != d.get(k))
+            raise CheckpointError(f"{where}: its bank is keyed by the indices of other data ("
+                                  + ", ".join(f"data.{k}: {sd.get(k)!r} there, {d.get(k)!r} here" for k in diff)
+                                  + "); a sweep over seed keeps the data with data.seed=<the bank's>")
+        for key in ("masker", "num_classes"):
+            if saved.get(key) != mine.get(key):
+                raise CheckpointError(f"{where}: its masks are of another {key} ({saved.get(key)!r}, here "
+                                      f"{mine.get(key)!r})")
+        try:
+            theirs = build_component("objective", saved.get("objective") or {})
+        except CheckpointError as exc:
+            raise CheckpointError(f"{where}: {exc}") from None
+        o = self.objective
+        for key in REWARD_KEYS:
+            if getattr(theirs, key) != getattr(o, key):
+                raise CheckpointError(f"{where}: its rewards are of objective.{key}={getattr(theirs, key)!r}, this "
+                                      f"run's is {getattr(o, key)!r}")
+        bank = RewardBank.from_state(state, where)
+        if bank.paired != self._paired():
+            raise CheckpointError(f"{where}: its bank's masks are {'' if bank.paired else 'not '}paired, this run's "
+                                  f"sampler={o.sampler} needs them {'' if self._paired() else 'un'}paired")
+        return bank.resize(o.query_budget)
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -282,6 +335,12 @@ class ExplainerModule(pl.LightningModule):
                 self.log("val/insertion_auc", i.mean(), batch_size=take, sync_dist=True)
                 self.log("val/faithfulness", (i - d).mean(), prog_bar=True, batch_size=take, sync_dist=True)
                 self._val_seen += take
+
+    def on_fit_start(self) -> None:
+        """``objective.bank_from``: start from an earlier run's reward bank (its queries are not paid again;
+        ``train/queries`` counts only this run's). A resumed run (its own bank restored) keeps its own."""
+        if self._bank is None and self.objective.query_budget and self.objective.bank_from:
+            self._bank = self.bank_from(self.objective.bank_from)
 
     def on_train_start(self) -> None:
         self._fit_start = time.perf_counter()
@@ -412,9 +471,7 @@ class ExplainerModule(pl.LightningModule):
         checkpoint[CKPT_KEY] = checkpoint_meta(self)
 
         if self._bank is not None:  # a training checkpoint: resuming must not pay for banked queries again
-            b = self._bank
-            checkpoint[BANK_KEY] = {"budget": b.budget, "paired": b.paired, "masks": b.masks, "rewards": b.rewards,
-                                    "info": b.info}
+            checkpoint[BANK_KEY] = self._bank.state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Resuming training (``Trainer.fit(ckpt_path=...)``): the query count and the reward bank go on
@@ -422,8 +479,7 @@ class ExplainerModule(pl.LightningModule):
         self._train_queries = int(checkpoint.get(CKPT_KEY, {}).get("train_queries") or 0)
         state = checkpoint.get(BANK_KEY)
         if state is not None:
-            self._bank = RewardBank(state["budget"], paired=state["paired"])
-            self._bank.masks, self._bank.rewards, self._bank.info = state["masks"], state["rewards"], state["info"]
+            self._bank = RewardBank.from_state(state, "the resumed checkpoint")
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, target: Any = None, allow_target_mismatch: bool = False,

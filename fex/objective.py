@@ -355,6 +355,7 @@ class FexObjective:
     sampler: str = "policy"  # policy | antithetic | uniform | uniform_t
     keep_rate: float = 0.5  # sampler=uniform
     query_budget: int = 0  # >0: bank this many masks per training input and reuse them (off-policy samplers)
+    bank_from: str | None = None  # a training checkpoint whose reward bank this run starts from (query_budget > 0)
     attribution: str = "prob"  # read-out: prob (pi, the paper) | logit (tau * theta, reward units)
     reward: str = "fex"  # fex | prob | logprob | logodds | keep_minus_remove
     sparsity: float = 0.0
@@ -393,6 +394,8 @@ class FexObjective:
         if self.query_budget and self.sampler not in BANKABLE:
             raise ValueError(f"query_budget reuses masks across epochs: it needs a policy-free sampler {BANKABLE}, "
                              f"not {self.sampler!r}")
+        if self.bank_from and not self.query_budget:
+            raise ValueError("bank_from starts from an earlier run's reward bank: it needs query_budget > 0")
         if self.query_budget and self.query_budget < self.num_samples:
             raise ValueError(f"query_budget ({self.query_budget}) must be >= num_samples ({self.num_samples})")
         if self.sampler == "paired_uniform" and self.num_samples % 2:
