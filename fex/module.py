@@ -352,7 +352,11 @@ class ExplainerModule(pl.LightningModule):
             self.log("val/train_seconds", time.perf_counter() - self._fit_start, reduce_fx="max")
 
     def configure_optimizers(self):
-        opt = self.optimizer_factory(self.policy.parameters())
+        groups = self.policy.param_groups() if hasattr(self.policy, "param_groups") else [
+            {"params": [q for q in self.policy.parameters() if q.requires_grad], "lr_scale": 1.0}]
+        opt = self.optimizer_factory([g for g in groups if g["params"]])
+        for g in opt.param_groups:  # before the scheduler records each group's initial lr
+            g["lr"] = g["lr"] * g.pop("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": self.scheduler_factory(opt)}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import pytest
 import torch
@@ -56,6 +57,30 @@ def test_frozen_encoder_state_dict_and_partial_finetune():
     assert trainable == {str(len(top.encoder.encoder.layer) - 1)}
     assert any(k.startswith("encoder.encoder.layer.5.") for k in top.state_dict())
     top.load_state_dict(top.state_dict())  # round trip with frozen weights filled from the model
+
+
+def test_finetuned_encoder_layers_train_at_their_own_learning_rate():
+    """encoder_lr_scale: the fine-tuned encoder layers form their own optimizer group at lr x scale; the
+    adapter and the heads keep the optimizer's lr; frozen weights are in no group."""
+    from fex.module import ExplainerModule
+    from fex.policy import Policy
+    from fex.policy.text import TextEncoderBackbone
+
+    bb = TextEncoderBackbone(freeze=True, train_last_n_layers=1, out_dim=32, num_layers=2, encoder_lr_scale=0.1)
+    policy = Policy(bb, num_classes=2, hidden=16)
+    module = ExplainerModule.__new__(ExplainerModule)
+    torch.nn.Module.__init__(module)
+    module.policy, module.scheduler_factory = policy, None
+    module.optimizer_factory = partial(torch.optim.Adam, lr=1e-3)
+    opt = module.configure_optimizers()
+    lrs = sorted(g["lr"] for g in opt.param_groups)
+    assert lrs == pytest.approx([1e-4, 1e-3])
+    enc = next(g for g in opt.param_groups if g["lr"] == pytest.approx(1e-4))["params"]
+    assert {id(q) for q in enc} == {id(q) for q in bb.encoder.encoder.layer[1].parameters()}
+    grouped = sum(len(g["params"]) for g in opt.param_groups)
+    assert grouped == sum(1 for q in policy.parameters() if q.requires_grad)
+    with pytest.raises(ValueError, match="encoder_lr_scale"):
+        TextEncoderBackbone(freeze=True, out_dim=32, num_layers=1, encoder_lr_scale=0)
 
 
 def test_text_checkpoint_alone_explains_and_evaluates(tmp_path, capsys):

@@ -46,6 +46,20 @@ class Policy(nn.Module):
         self.critic = mlp(d, hidden, num_classes)
         nn.init.constant_(self.actor[-1].bias, float(init_bias))
 
+    def param_groups(self) -> list[dict]:
+        """The trainable parameters as optimizer groups: a backbone with ``lr_scaled_parameters()``
+        (e.g. fine-tuned pretrained layers) gets its own group whose ``lr_scale`` multiplies the optimizer's
+        learning rate; everything else trains at the optimizer's rate."""
+        scaled: list[dict] = []
+        if hasattr(self.backbone, "lr_scaled_parameters"):
+            params, scale = self.backbone.lr_scaled_parameters()
+            params = [q for q in params if q.requires_grad]
+            if params:
+                scaled.append({"params": params, "lr_scale": float(scale)})
+        taken = {id(q) for g in scaled for q in g["params"]}
+        rest = [q for q in self.parameters() if q.requires_grad and id(q) not in taken]
+        return [{"params": rest, "lr_scale": 1.0}] + scaled
+
     def forward(self, x: Any, masker: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """-> logits [B, F, C], values [B, C]."""
         elements, pooled = self.backbone(x)

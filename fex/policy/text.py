@@ -49,10 +49,12 @@ class TextEncoderBackbone(nn.Module):
         out_dim: width of the trainable adapter on top (``null`` = the encoder's hidden size).
         num_layers: keep only the first ``num_layers`` transformer layers of the encoder (``null`` =
             all). A smaller, faster policy from the same pretrained weights (``policy=text_small``).
+        encoder_lr_scale: learning-rate multiplier of the fine-tuned encoder layers (pretrained weights
+            usually want a smaller step than the freshly initialised adapter and heads).
     """
 
     def __init__(self, path: str | None = None, freeze: bool = True, train_last_n_layers: int = 0,
-                 out_dim: int | None = 256, num_layers: int | None = None) -> None:
+                 out_dim: int | None = 256, num_layers: int | None = None, encoder_lr_scale: float = 1.0) -> None:
         super().__init__()
         from transformers import AutoModel
 
@@ -66,6 +68,9 @@ class TextEncoderBackbone(nn.Module):
         self.out_dim = int(out_dim or hidden)
         self.freeze = bool(freeze)
         self.train_last_n_layers = int(train_last_n_layers)
+        if encoder_lr_scale <= 0:
+            raise ValueError(f"encoder_lr_scale must be > 0, got {encoder_lr_scale}")
+        self.encoder_lr_scale = float(encoder_lr_scale)
         if self.freeze:
             for q in self.encoder.parameters():
                 q.requires_grad_(False)
@@ -77,6 +82,10 @@ class TextEncoderBackbone(nn.Module):
         self._frozen = {n for n, q in self.encoder.named_parameters() if not q.requires_grad}
         self.adapter = nn.Sequential(nn.Linear(hidden, self.out_dim), nn.GELU(), nn.LayerNorm(self.out_dim))
         self.global_proj = nn.Linear(hidden, self.out_dim)
+
+    def lr_scaled_parameters(self) -> tuple[list[nn.Parameter], float]:
+        """The encoder's trainable (fine-tuned) parameters and their learning-rate multiplier."""
+        return [q for q in self.encoder.parameters() if q.requires_grad], self.encoder_lr_scale
 
     @property
     def fully_frozen(self) -> bool:
