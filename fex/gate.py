@@ -4,26 +4,43 @@ per-instance method where it fails.
 Letters: B batch, F features, J removal sizes checked per input, C classes.
 
 **Per-explanation gate** (:class:`Gate`). For an input x, explained class y and feature scores s,
-the gate spends ``1 + 2J`` queries (batched): the unmasked input, x without the top-k features
-s names (most relevant first, MoRF) and x without the k lowest-ranked ones (least relevant
-first, LeRF; or k random ones), for the J sizes ``k_j = ceil(fraction_j * n)``. Its statistic is
+the gate queries the target on x and on x without the top ``k_j = ceil(fraction_j * n)`` features
+s names (J sizes, most relevant first), and condenses the answers into a statistic T (higher:
+more trustworthy). Two statistics:
 
-    T = mean_j [p(y | x - comparator_j) - p(y | x - top_j)] / p(y | x)
+* ``contrast`` (``1 + 2J`` queries): also removes the k lowest-ranked features (LeRF; or k random
+  ones) and compares,
 
-A faithful explanation names features whose removal hurts more than removing the ones it calls
-unimportant (T well above 0); a constant or shuffled one cannot tell them apart (T near 0). The
-explanation **passes** when T >= threshold. The threshold is calibrated, not chosen: on
+      T = mean_j [p(y | x - comparator_j) - p(y | x - top_j)] / p(y | x).
+
+  A faithful explanation names features whose removal hurts more than removing the ones it calls
+  unimportant (T well above 0); a constant or shuffled one cannot tell them apart (T near 0).
+* ``deletion`` (at most ``1 + J`` queries): T = -A, A the area under the explanation's own
+  deletion curve through (0, p(y|x)) and (x_j, p(y | x - top_j)), x_j the share removed, each
+  value replaced by its running minimum and flat after the last size (:func:`deletion_area`).
+  A is what "wrong" is measured by (a deletion AUC far above the per-instance reference's), in
+  the same absolute units. Verification is **sequential**: the sizes are queried in order, only for
+  the undecided inputs, and an input stops once its decision is certain, because the running
+  minimum can only fall and never below 0 (:func:`deletion_area_bounds`): the same decisions as
+  the full check with fewer queries (an input with p(y|x) below the threshold's area needs none).
+
+The explanation **passes** when T >= threshold. The threshold is calibrated, not chosen: on
 validation inputs whose explanation is *right* (deletion AUC within ``margin`` of a per-instance
 reference's, FeatureAblation by default) it is the conformal lower quantile ``T_(k)``,
 ``k = floor(alpha * (n + 1))``, so a right explanation of an exchangeable new input fails with
 probability ``k / (n + 1) <= alpha``: the stated false-alarm rate. (``reference=None`` calibrates on
-all validation inputs, without reference queries: then ``P(fail) <= alpha``.) The calibration is saved
-next to the checkpoint (``<ckpt>.gate.json``, with the checkpoint's sha256; a stale sidecar is
-refused). A failed explanation is replaced by a per-instance method on the same features
-(``FeatureAblation`` by default), and its queries are counted per input too. With
-``prescreen=`` (a calibrated :class:`fex.ood.Prescreen`: a zero-query abnormality score of the
-explanation and a threshold) only the inputs it flags are checked; the others pass unchecked and
-cost no gate queries.
+all validation inputs, without reference queries: then ``P(fail) <= alpha``.) With ``abnormality=``
+(a calibrated :class:`fex.ood.Prescreen`: a zero-query abnormality score of the explanation that
+flags a share ``rate`` of in-distribution inputs) and ``abnormal_alpha``, the calibration is
+Mondrian: flagged inputs get their own threshold at false-alarm rate ``abnormal_alpha`` and the
+others one at ``(alpha - rate * abnormal_alpha) / (1 - rate)``, so the in-distribution false-alarm
+rate is still at most ``alpha`` while unusual-looking inputs, where wrong explanations are common,
+are held to a stricter standard. The calibration is saved next to the checkpoint
+(``<ckpt>.gate.json``, with the checkpoint's sha256; a stale sidecar is refused; the abnormality
+score is not in it: pass it again). A failed explanation is replaced by a per-instance method on
+the same features (``FeatureAblation`` by default), and its queries are counted per input too. With
+``prescreen=`` (the same kind of score, used as a first stage instead) only the inputs it flags
+are checked; the others pass unchecked and cost no gate queries.
 
 The task-level screen (is this explainer good enough on this target at all?) is :mod:`fex.screen`;
 its names are importable from here too.
@@ -54,6 +71,7 @@ NO_THRESHOLD = "-inf"  # a calibration on too few inputs for its alpha: every ex
 SIDECAR_FORMAT = "fex-gate"
 SIDECAR_VERSION = 1
 COMPARATORS = ("bottom", "random")
+STATISTICS = ("contrast", "deletion")
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -81,6 +99,36 @@ def removal_masks(scores: torch.Tensor, valid: torch.Tensor, fractions: Sequence
 def gate_statistic(p_full: torch.Tensor, p_top: torch.Tensor, p_comp: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """T = mean_j (p_comp - p_top) / p_full: p_full [B], p_top/p_comp [B, J] -> [B]."""
     return (p_comp - p_top).mean(1) / p_full.clamp_min(eps)
+
+
+def removal_positions(valid: torch.Tensor, fractions: Sequence[float]) -> torch.Tensor:
+    """Share of each input's valid features that :func:`removal_masks` removes: ``ceil(f * n) / n`` [B, J]."""
+    n = valid.sum(1).double().clamp_min(1)[:, None]  # [B, 1]
+    fr = torch.as_tensor(tuple(float(f) for f in fractions), dtype=torch.float64)[None, :]
+    return (torch.ceil(fr * n - 1e-9).clamp_min(1) / n).clamp_max(1).float()
+
+
+def deletion_area(p_full: torch.Tensor, p_top: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Area under the monotone deletion curve: p_full [B], p_top [B, J], positions [B, J] -> [B].
+
+    The curve runs through (0, p_full) and (x_j, p_top_j), x_j the share of features removed
+    (increasing), each value replaced by its running minimum (the lowest target probability
+    reached removing at most that many top features), and stays flat from x_J to 1. Trapezoids.
+    """
+    c = torch.cummin(torch.cat([p_full[:, None], p_top], 1).float(), dim=1).values  # [B, J+1]
+    xs = torch.cat([torch.zeros_like(positions[:, :1]), positions, torch.ones_like(positions[:, :1])], 1).float()
+    ys = torch.cat([c, c[:, -1:]], 1)  # [B, J+2]
+    return ((ys[:, 1:] + ys[:, :-1]) * (xs[:, 1:] - xs[:, :-1])).sum(1) / 2
+
+
+def deletion_area_bounds(p_full: torch.Tensor, p_top: torch.Tensor, measured: torch.Tensor,
+                         positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lower, upper) bounds [B] on :func:`deletion_area` when only the first ``measured`` [B, J] (a
+    prefix per row) of p_top are known: the running minimum can only fall, and never below 0, so
+    the unknown points lie between 0 (lower) and the last running minimum (upper)."""
+    lo = deletion_area(p_full, torch.where(measured, p_top, torch.zeros_like(p_top)), positions)
+    hi = deletion_area(p_full, torch.where(measured, p_top, torch.ones_like(p_top)), positions)
+    return lo, hi
 
 
 def conformal_threshold(stats: torch.Tensor, alpha: float) -> float:
@@ -119,16 +167,21 @@ class Gate:
     Args:
         blackbox: the target (default: the explainer's attached black box at verify time).
         masker: the features' masker (default: the explainer's).
-        fractions: removal sizes as fractions of an input's valid features (J of them);
-            the check costs ``1 + 2J`` queries per input.
-        comparator: ``bottom`` (remove the k lowest-ranked features) or ``random``.
+        fractions: removal sizes as fractions of an input's valid features (J of them; increasing
+            for ``deletion``).
+        comparator: ``bottom`` (remove the k lowest-ranked features) or ``random`` (``contrast`` only).
         threshold: pass iff statistic >= threshold; set by :meth:`calibrate` or :meth:`load`.
         alpha: the false-alarm rate the threshold was (or will be) calibrated for.
-        max_queries: budget for the check itself (``1 + 2J`` must fit).
+        max_queries: budget for the check itself (:attr:`queries_per_input` must fit).
         fallback: a :data:`fex.methods.METHODS` name run on failed inputs, or None (keep the
             explainer's scores, only flag them).
         fallback_kwargs: constructor arguments of the fallback method.
         seed: random comparator seed.
+        statistic: ``contrast`` (``1 + 2J`` queries) or ``deletion`` (sequential, at most ``1 + J``).
+        abnormality: a calibrated :class:`fex.ood.Prescreen` whose flag picks the threshold per input
+            (with ``abnormal_alpha``; module docstring). Not saved in the sidecar.
+        abnormal_alpha: the false-alarm rate spent on flagged inputs (``>= alpha``); None: one threshold.
+        abnormal_threshold: the flagged inputs' threshold; set by :meth:`calibrate` or :meth:`load`.
         prescreen: a first stage (a calibrated :class:`fex.ood.Prescreen`, or anything with
             ``flag(x, target) -> bool [B]``): :meth:`verify` checks only the flagged inputs.
             Not saved in the sidecar: pass it again after :meth:`load`.
@@ -138,15 +191,27 @@ class Gate:
                  fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.5), comparator: str = "bottom",
                  threshold: float | None = None, alpha: float = 0.1, max_queries: int = 10,
                  fallback: str | None = "feature_ablation", fallback_kwargs: dict | None = None, seed: int = 0,
-                 prescreen: Any = None) -> None:
+                 prescreen: Any = None, statistic: str = "contrast", abnormality: Any = None,
+                 abnormal_alpha: float | None = None, abnormal_threshold: float | None = None) -> None:
         self.fractions = tuple(float(f) for f in fractions)
         if not self.fractions or not all(0 < f <= 1 for f in self.fractions):
             raise ConfigError(f"gate fractions must be in (0, 1], got {list(self.fractions)}")
+        if statistic not in STATISTICS:
+            raise ConfigError(f"gate statistic must be one of {STATISTICS}, got {statistic!r}")
+        self.statistic = statistic
+        if statistic == "deletion" and list(self.fractions) != sorted(set(self.fractions)):
+            raise ConfigError(f"the deletion statistic needs increasing fractions, got {list(self.fractions)}")
         if comparator not in COMPARATORS:
             raise ConfigError(f"gate comparator must be one of {COMPARATORS}, got {comparator!r}")
         if self.queries_per_input > int(max_queries):
-            raise ConfigError(f"gate check needs 1 + 2*{len(self.fractions)} = {self.queries_per_input} queries per "
-                              f"input but max_queries={max_queries}; use fewer fractions")
+            raise ConfigError(f"gate check needs up to {self.queries_per_input} queries per input ({statistic} "
+                              f"statistic, {len(self.fractions)} fractions) but max_queries={max_queries}; "
+                              "use fewer fractions")
+        if abnormal_alpha is not None and not (0 < alpha <= abnormal_alpha < 1):
+            raise ConfigError(f"abnormal_alpha must be in [alpha, 1) = [{alpha}, 1), got {abnormal_alpha}")
+        if abnormality is not None and prescreen is not None:
+            raise ConfigError("use the abnormality score either to skip checks (prescreen=) or to set the "
+                              "threshold per input (abnormality=), not both")
         if fallback is not None:
             per_instance(fallback, "gate fallback")
         if not 0 < alpha < 1:
@@ -161,11 +226,47 @@ class Gate:
         self.fallback_kwargs = dict(fallback_kwargs or {})
         self.seed = int(seed)
         self.prescreen = prescreen
+        self.abnormality = abnormality
+        self.abnormal_alpha = None if abnormal_alpha is None else float(abnormal_alpha)
+        self.abnormal_threshold = None if abnormal_threshold is None else float(abnormal_threshold)
         self.calibration: dict = {}
 
     @property
     def queries_per_input(self) -> int:
-        return 1 + 2 * len(self.fractions)
+        """The most a check spends on one input: ``1 + 2J`` (contrast) or ``1 + J`` (deletion; the
+        sequential check often stops sooner)."""
+        return 1 + (2 if self.statistic == "contrast" else 1) * len(self.fractions)
+
+    @property
+    def stratified(self) -> bool:
+        return self.abnormal_alpha is not None
+
+    def unflagged_alpha(self) -> float:
+        """False-alarm rate spent on inputs the abnormality score does not flag, so that in distribution
+        ``rate * abnormal_alpha + (1 - rate) * unflagged_alpha = alpha`` (``rate``: the score's flag rate)."""
+        rate = float(self.abnormality.rate)
+        a = (self.alpha - rate * self.abnormal_alpha) / (1 - rate)
+        if a <= 0:
+            raise ConfigError(f"abnormal_alpha={self.abnormal_alpha} at flag rate {rate} spends more than alpha="
+                              f"{self.alpha}: need rate * abnormal_alpha < alpha")
+        return a
+
+    def thresholds(self, x: Any, target: torch.Tensor) -> torch.Tensor:
+        """Per-input thresholds [B]: the calibrated one, or with ``abnormality=`` the flagged inputs' own
+        (zero target queries: the score looks at the explanation only)."""
+        b = target.shape[0]
+        if self.threshold is None:
+            raise ConfigError("the gate is not calibrated: call Gate.calibrate(...) or Gate.load(checkpoint)")
+        thr = torch.full((b,), float(self.threshold))
+        if not self.stratified:
+            return thr
+        if self.abnormality is None:
+            raise ConfigError("this gate was calibrated per abnormality stratum: pass the same calibrated score "
+                              "again, Gate.load(..., abnormality=prescreen)")
+        if self.abnormal_threshold is None:
+            raise ConfigError("the gate is not calibrated for flagged inputs: call Gate.calibrate(...)")
+        flagged = self.abnormality.flag(x, target).cpu().bool()
+        return torch.where(flagged, torch.tensor(float(self.abnormal_threshold)), thr)
 
     def _parts(self, explainer: Any) -> tuple[BlackBox, Masker]:
         bb = self.blackbox if self.blackbox is not None else getattr(explainer, "blackbox", None)
@@ -177,9 +278,13 @@ class Gate:
         return bb, masker
 
     # ------------------------------------------------------------------ statistic
-    def check(self, explainer_or_scores: Any, x: Any, target: Any = None) -> dict:
-        """The statistic only (no threshold, no fallback): ``1 + 2J`` counted queries per input.
+    def check(self, explainer_or_scores: Any, x: Any, target: Any = None, thresholds: Any = None) -> dict:
+        """The statistic only (no fallback): at most :attr:`queries_per_input` counted queries per input.
 
+        ``thresholds`` (a number, [B], or a function of the explained classes [B] -> [B]; deletion
+        statistic only): check sequentially, stopping each
+        input as soon as its pass/fail decision at its threshold is certain (the same decision as the
+        full check); an input that stopped early reports the bound on its statistic that decided it.
         Returns ``statistic`` [B], ``p_full`` [B], ``target`` [B], ``scores`` [B, F] (the
         explanation checked), ``valid`` [B, F] and ``queries`` [B].
         """
@@ -199,18 +304,57 @@ class Gate:
         scores = scores_of(explainer_or_scores, x, t).float().cpu()  # a method's own queries are not the gate's
         if scores.shape != valid.shape:
             raise InputError(f"scores must be [B, F] = {tuple(valid.shape)}, got {tuple(scores.shape)}")
-        gen = torch.Generator().manual_seed(self.seed)
-        top = removal_masks(scores, valid, self.fractions, "top")
-        comp = removal_masks(scores, valid, self.fractions, self.comparator, gen)
-        with bb.counting() as c1:
-            p = _probs_of(bb, masker, x, torch.cat([top, comp], 1), t)  # [B, 2J], one batched call
-        j = len(self.fractions)
-        if c0.n + c1.n != b * self.queries_per_input:  # the budget is a promise: never spend more
-            raise AssertionError(f"gate spent {c0.n + c1.n} queries for {b} inputs, not {b * self.queries_per_input}")
         p_full = probs.gather(1, t.view(-1, 1)).squeeze(1)
-        return {"statistic": gate_statistic(p_full, p[:, :j], p[:, j:]), "p_full": p_full, "target": t,
-                "scores": scores, "valid": valid.cpu(),
-                "queries": torch.full((b,), self.queries_per_input, dtype=torch.long)}
+        if callable(thresholds):  # thresholds of the explained classes (see verify)
+            thresholds = thresholds(t)
+        queries = torch.ones(b, dtype=torch.long)
+        with bb.counting() as c1:
+            if self.statistic == "contrast":
+                if thresholds is not None:
+                    raise ConfigError("the sequential check needs statistic='deletion'")
+                gen = torch.Generator().manual_seed(self.seed)
+                top = removal_masks(scores, valid, self.fractions, "top")
+                comp = removal_masks(scores, valid, self.fractions, self.comparator, gen)
+                p = _probs_of(bb, masker, x, torch.cat([top, comp], 1), t)  # [B, 2J], one batched call
+                j = len(self.fractions)
+                stat = gate_statistic(p_full, p[:, :j], p[:, j:])
+                queries += 2 * j
+            else:
+                stat, q = self._deletion(bb, masker, x, scores, valid, t, p_full, thresholds)
+                queries += q
+        if c0.n + c1.n != int(queries.sum()) or (queries > self.queries_per_input).any():  # the budget is a promise
+            raise AssertionError(f"gate spent {c0.n + c1.n} queries for {b} inputs, not {int(queries.sum())}")
+        return {"statistic": stat, "p_full": p_full, "target": t, "scores": scores, "valid": valid.cpu(),
+                "queries": queries}
+
+    def _deletion(self, bb: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, valid: torch.Tensor,
+                  t: torch.Tensor, p_full: torch.Tensor, thresholds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """T = -deletion_area over the top-removal queries; with ``thresholds``, sequentially (fraction by
+        fraction, only the undecided inputs). Returns (statistic [B], removal queries [B])."""
+        b, j = valid.shape[0], len(self.fractions)
+        top = removal_masks(scores, valid, self.fractions, "top")  # [B, J, F]
+        pos = removal_positions(valid.cpu(), self.fractions)  # [B, J]
+        if thresholds is None:  # the full check: every fraction, one batched call
+            p_top = _probs_of(bb, masker, x, top, t)
+            return -deletion_area(p_full, p_top, pos), torch.full((b,), j, dtype=torch.long)
+        thr = torch.as_tensor(thresholds, dtype=torch.float32).flatten().expand(b)
+        p_top = torch.zeros(b, j)
+        measured = torch.zeros(b, j, dtype=torch.bool)
+        queries = torch.zeros(b, dtype=torch.long)
+        dev = masker.device_of(x)
+        for k in range(j + 1):
+            lo, hi = deletion_area_bounds(p_full, p_top, measured, pos)
+            open_ = (-hi < thr) & (-lo >= thr)  # neither surely passing (-hi >= thr) nor surely failing (-lo < thr)
+            if k == j or not open_.any():
+                break
+            idx = open_.nonzero().flatten()
+            xi = masker.select(x, idx.to(dev))
+            p_top[idx, k] = _probs_of(bb, masker, xi, top[idx, k:k + 1], t[idx])[:, 0]
+            measured[idx, k] = True
+            queries[idx] += 1
+        # decided: the bound that decided (the statistic itself where every fraction was measured)
+        stat = torch.where(-hi >= thr, -hi, -lo)
+        return stat, queries
 
     # ------------------------------------------------------------------ verify
     def verify(self, explainer_or_scores: Any, x: Any, target: Any = None) -> dict:
@@ -230,8 +374,15 @@ class Gate:
         if self.prescreen is not None:
             return self._verify_prescreened(explainer_or_scores, x, target)
         bb, masker = self._parts(explainer_or_scores)
-        out = self.check(explainer_or_scores, x, target)
-        passed = out["statistic"] >= self.threshold
+        seen: dict = {}  # the per-input thresholds, computed once the explained classes are known
+
+        def per_input(t: torch.Tensor) -> torch.Tensor:
+            seen["thr"] = self.thresholds(x, t)
+            return seen["thr"]
+
+        out = self.check(explainer_or_scores, x, target, per_input if self.statistic == "deletion" else None)
+        thr = seen["thr"] if "thr" in seen else self.thresholds(x, out["target"])
+        passed = out["statistic"] >= thr
         final = out["scores"].clone()
         queries = out["queries"].clone()
         name = getattr(explainer_or_scores, "name", "fex") if not isinstance(explainer_or_scores, torch.Tensor) else "given"
@@ -253,7 +404,7 @@ class Gate:
         return {"scores": final, "attributions": masker.expand(final.to(masker.device_of(x)), x),
                 "target": out["target"], "valid": valid, "num_features": valid.sum(1),
                 "passed": passed, "statistic": out["statistic"], "queries": queries, "method": method,
-                "explainer_scores": out["scores"], "threshold": self.threshold}
+                "explainer_scores": out["scores"], "threshold": self.threshold, "thresholds": thr}
 
     def _verify_prescreened(self, explainer_or_scores: Any, x: Any, target: Any) -> dict:
         """:meth:`verify` of the inputs the prescreen flags; the rest keep the explainer's scores,
@@ -305,7 +456,10 @@ class Gate:
         reference's on the same input, and the threshold is the conformal ``alpha`` quantile of the
         statistic over the right ones only, so ``P(fail | right) <= alpha`` for a new in-distribution
         input. ``reference=None`` uses every validation input (``P(fail) <= alpha``; no reference
-        queries: ``1 + 2J`` per input instead of about ``3F``).
+        queries: :attr:`queries_per_input` per input instead of about ``3F`` more).
+        With ``abnormal_alpha`` (and ``abnormality=``), Mondrian conformal: the inputs the score flags get
+        their own threshold at ``abnormal_alpha``, the others at :meth:`unflagged_alpha`, so the false-alarm
+        rate in distribution stays ``alpha`` while flagged (unusual-looking) inputs are checked more strictly.
         ``x_val``: a batch, or an iterable of batches (e.g. a DataLoader yielding (x, y, index)).
         The calibration's queries are counted on the black box and recorded in :attr:`calibration`.
         """
@@ -314,7 +468,7 @@ class Gate:
         ref = None
         if reference is not None:
             ref = per_instance(reference, "gate calibration reference")(bb, masker)
-        stats, right = [], []
+        stats, right, flags = [], [], []
         given = isinstance(explainer, torch.Tensor)  # precomputed scores: sliced along with the inputs
         if given and not isinstance(x_val, (torch.Tensor, dict)):
             raise InputError("calibrating precomputed scores needs x_val as one batch")
@@ -323,6 +477,10 @@ class Gate:
                 e = explainer[start:start + masker.batch_size(xb)] if given else explainer
                 out = self.check(e, xb, tb)
                 stats.append(out["statistic"])
+                if self.stratified:
+                    if self.abnormality is None:
+                        raise ConfigError("abnormal_alpha needs abnormality= (a calibrated fex.ood.Prescreen)")
+                    flags.append(self.abnormality.flag(xb, out["target"]).cpu().bool())
                 if ref is not None:
                     t = out["target"]
                     d_e = M.deletion_auc(bb, masker, xb, out["scores"], t, steps).cpu()
@@ -334,7 +492,12 @@ class Gate:
         if math.floor(self.alpha * (n + 1)) < 1:
             raise ConfigError(f"only {n} of {len(s)} validation explanations are right (deletion AUC within {margin} "
                               f"of {reference}'s): too few to calibrate at alpha={self.alpha}; use more inputs")
-        self.threshold = conformal_threshold(s[keep], self.alpha)
+        if self.stratified:  # Mondrian: one conformal threshold per stratum of the abnormality score
+            flag = torch.cat(flags)
+            self.threshold = conformal_threshold(s[keep & ~flag], self.unflagged_alpha())
+            self.abnormal_threshold = conformal_threshold(s[keep & flag], self.abnormal_alpha)
+        else:
+            self.threshold = conformal_threshold(s[keep], self.alpha)
         k = math.floor(self.alpha * (n + 1))
         q = torch.quantile(s[keep].double(), torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)).tolist()
         self.calibration = {"n": int(len(s)), "n_right": n, "alpha": self.alpha, "false_alarm_bound": k / (n + 1),
@@ -343,13 +506,16 @@ class Gate:
                             "statistic_right_vs_wrong_median": [float(s[keep].median()),
                                                                 float(s[~keep].median()) if (~keep).any() else None],
                             "target": bb.fingerprint().get("weights_sha256")}
+        if self.stratified:
+            self.calibration.update({"n_right_flagged": int((keep & flag).sum()), "abnormal_alpha": self.abnormal_alpha,
+                                     "unflagged_alpha": self.unflagged_alpha(), "flag_rate": float(self.abnormality.rate)})
         return self.threshold
 
     # ------------------------------------------------------------------ sidecar
     def settings(self) -> dict:
         return {"fractions": list(self.fractions), "comparator": self.comparator, "alpha": self.alpha,
                 "max_queries": self.max_queries, "fallback": self.fallback, "fallback_kwargs": self.fallback_kwargs,
-                "seed": self.seed}
+                "seed": self.seed, "statistic": self.statistic, "abnormal_alpha": self.abnormal_alpha}
 
     def save(self, checkpoint: str | os.PathLike) -> Path:
         """Write ``<checkpoint>.gate.json`` atomically (threshold, settings, checkpoint sha256)."""
@@ -361,7 +527,7 @@ class Gate:
         return write_json(sidecar_path(ckpt), {
             "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "checkpoint": ckpt.name,
             "checkpoint_sha256": sha256_file(ckpt),
-            "threshold": self.threshold if math.isfinite(self.threshold) else NO_THRESHOLD,
+            "threshold": _finite_or_said(self.threshold), "abnormal_threshold": _finite_or_said(self.abnormal_threshold),
             **self.settings(), "calibration": self.calibration})
 
     @classmethod
@@ -387,13 +553,20 @@ class Gate:
             raise CheckpointError(f"gate calibration {side.name} is stale: it was made for checkpoint sha256 "
                                   f"{str(meta.get('checkpoint_sha256'))[:12]}, this one is {digest[:12]}; recalibrate")
         kw = {k: meta[k] for k in ("fractions", "comparator", "alpha", "max_queries", "fallback", "fallback_kwargs",
-                                   "seed") if k in meta}
+                                   "seed", "statistic", "abnormal_alpha", "abnormal_threshold") if k in meta}
+        kw.setdefault("statistic", "contrast")  # sidecars written before the deletion statistic existed
         _check_sidecar_types(side, {"threshold": meta.get("threshold"), **kw})
         kw.update(overrides)
         thr = meta["threshold"]
+        if kw.get("abnormal_threshold") == NO_THRESHOLD:
+            kw["abnormal_threshold"] = -math.inf
         gate = cls(blackbox=blackbox, masker=masker, threshold=-math.inf if thr == NO_THRESHOLD else thr, **kw)
         gate.calibration = meta.get("calibration", {})
         return gate
+
+
+def _finite_or_said(v: float | None) -> float | str | None:
+    return v if v is None or math.isfinite(v) else NO_THRESHOLD
 
 
 def _is_number(v: Any) -> bool:
@@ -412,6 +585,10 @@ def _check_sidecar_types(side: Path, meta: dict) -> None:
         "fallback": (lambda v: v is None or isinstance(v, str), "a method name or null"),
         "fallback_kwargs": (lambda v: v is None or isinstance(v, dict), "an object"),
         "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+        "statistic": (lambda v: v in STATISTICS, f"one of {list(STATISTICS)}"),
+        "abnormal_alpha": (lambda v: v is None or _is_number(v), "a number or null"),
+        "abnormal_threshold": (lambda v: v is None or _is_number(v) or v == NO_THRESHOLD,
+                               f"a finite number, {NO_THRESHOLD!r} or null"),
     }
     for key, value in meta.items():
         ok, want = checks[key]
