@@ -154,7 +154,7 @@ def test_embedding_bow_black_box_effects_are_exact_and_shared_by_word_pieces():
 @pytest.mark.slow
 def test_text_preset_recovers_linear_bow_effects_on_real_sentences(tmp_path):
     """Known answer on real sentences (benchmarks/known_text.py, shrunk): the text preset (its policy, masker,
-    objective) trained on 1,000 Rotten Tomatoes training snippets against the linear bag-of-words black box.
+    objective, epochs) trained on 1,000 Rotten Tomatoes training snippets against the linear bag-of-words black box.
     On 100 test snippets occlusion is exact (Spearman 1: an additive log-odds), random scores are uncorrelated,
     and fex's word ranking agrees with the true effects well above chance (the full recipe: the benchmark)."""
     import sys
@@ -177,4 +177,6 @@ def test_text_preset_recovers_linear_bow_effects_on_real_sentences(tmp_path):
     got = {r["method"]: r["spearman"] for r in rows}
     assert got["occlusion"] > 0.999, got
     assert abs(got["random"]) < 0.1, got
-    assert got["fex"] >= 0.35, got  # measured 0.47 (1,000 snippets, one epoch); the full split: 0.65
+    # measured 0.47 with the one-epoch preset (today's text_rt_quick; the full split: 0.65); not yet measured
+    # with the banked text_rt (benchmarks/RESULTS_known_text.md), so the threshold is the one-epoch preset's
+    assert got["fex"] >= 0.35, got
