@@ -57,6 +57,12 @@ def test_frozen_encoder_state_dict_and_partial_finetune():
     assert trainable == {str(len(top.encoder.encoder.layer) - 1)}
     assert any(k.startswith("encoder.encoder.layer.5.") for k in top.state_dict())
     top.load_state_dict(top.state_dict())  # round trip with frozen weights filled from the model
+    # policy=text_small with policy.backbone.train_last_n_layers=2: both kept layers are stored, the frozen
+    # input embeddings are not
+    small = TextEncoderBackbone(freeze=True, train_last_n_layers=2, num_layers=2, out_dim=32)
+    stored = {k.split(".")[1] if k.startswith("encoder.embeddings") else ".".join(k.split(".")[:4])
+              for k in small.state_dict() if k.startswith("encoder.")}
+    assert stored == {"encoder.encoder.layer.0", "encoder.encoder.layer.1"}, stored
 
 
 def test_finetuned_encoder_layers_train_at_their_own_learning_rate():

@@ -112,10 +112,49 @@ def test_linear_bow_black_box_effects_are_exact():
     np.testing.assert_allclose(linear_bow.effects(words, cls=0), -e)
 
 
+def test_embedding_bow_black_box_effects_are_exact_and_shared_by_word_pieces():
+    """The second known-answer target of benchmarks/known_text.py: its log-odds is a sum of per-word effects
+    (a masked word counts 0), each word's effect is the fixed linear function of the mean of its MiniLM
+    word-piece embeddings (so words sharing pieces share effects), and occlusion through the black box
+    wrapper recovers every effect exactly (logit p - logit p without word i = e_i)."""
+    import numpy as np
+
+    from fex.methods.baselines import FeatureAblation
+    from fex.targets.text import TextCallable
+    from tests.text_helpers import embedding_bow
+
+    words = "Extreme Ops exceeds expectations. Good fun, good action -- Shainberg's film".split()
+    e = embedding_bow.effects(words)
+    assert len(set(np.round(e, 9).tolist())) == len(set(w.lower() for w in words))  # distinct words, distinct effects
+    assert e[4] == embedding_bow.word_effect("good") == embedding_bow.word_effect("GOOD")  # uncased pieces
+    # "fun," is the mean of its pieces "fun" and ","; the effect is linear in that mean
+    np.testing.assert_allclose(e[5], (embedding_bow.word_effect("fun") + embedding_bow.word_effect(",")) / 2, atol=1e-12)
+    single = np.array([embedding_bow.word_effect(w) for w in "the a good bad film movie and of".split()])
+    assert 0.05 < single.std() < 2.0 and np.abs(single).max() < 5.0  # the N(0, 0.5^2)-like scale of one-piece words
+    full = embedding_bow.log_odds([" ".join(words)])[0]
+    np.testing.assert_allclose(full, e.sum(), atol=1e-9)
+    for i in range(len(words)):  # removing or masking word i changes the log-odds by exactly e_i
+        rest = [" ".join(words[:i] + words[i + 1:]), " ".join(words[:i] + ["[MASK]"] + words[i + 1:])]
+        np.testing.assert_allclose(full - embedding_bow.log_odds(rest), e[i], atol=1e-9)
+    np.testing.assert_allclose(embedding_bow.effects(words, cls=0), -e)
+
+    bb = BlackBox(TextCallable(embedding_bow), output="probs", num_classes=2)
+    masker = WordMasker(max_length=64)
+    x = masker.encode([" ".join(words), "a quietly moving film that never quite earns its ending"])
+    for cls in (0, 1):
+        target = torch.full((2,), cls)
+        occ = FeatureAblation(bb, masker).attribute(x, target).double()  # p(cls) - p(cls | word i masked)
+        for i, ws in enumerate(x["words"]):
+            p = float(embedding_bow([x["text"][i]])[0, cls])
+            p_without = p - occ[i, : len(ws)].numpy()
+            recovered = np.log(p / (1 - p)) - np.log(p_without / (1 - p_without))
+            np.testing.assert_allclose(recovered, embedding_bow.effects(ws, cls), atol=1e-4)
+
+
 @pytest.mark.slow
 def test_text_preset_recovers_linear_bow_effects_on_real_sentences(tmp_path):
     """Known answer on real sentences (benchmarks/known_text.py, shrunk): the text preset (its policy, masker,
-    objective) trained on 1,000 Rotten Tomatoes training snippets against the linear bag-of-words black box.
+    objective, epochs) trained on 1,000 Rotten Tomatoes training snippets against the linear bag-of-words black box.
     On 100 test snippets occlusion is exact (Spearman 1: an additive log-odds), random scores are uncorrelated,
     and fex's word ranking agrees with the true effects well above chance (the full recipe: the benchmark)."""
     import sys
@@ -128,12 +167,16 @@ def test_text_preset_recovers_linear_bow_effects_on_real_sentences(tmp_path):
     cfg, metrics, objects = known_text.train_preset("text_rt", tmp_path, ["data.limit=1000", "logger=none",
                                                                      "trainer.limit_val_batches=1", "val_auc_examples=8"])
     explainer, bb = objects["explainer"], objects["blackbox"]
-    texts = known_text.held_out_snippets(cfg.data, explainer.masker, 100)
+    model = known_text.known_target(cfg)
+    texts = known_text.held_out_snippets(cfg.data, explainer.masker, model, 100)
     assert len(texts) == 100
     rows = known_text.known_answer_rows({"fex": Fex(bb, explainer=explainer),
                                          "occlusion": FeatureAblation(bb, explainer.masker),
-                                         "random": RandomAttribution(bb, explainer.masker, seed=0)}, bb, explainer.masker, texts)
+                                         "random": RandomAttribution(bb, explainer.masker, seed=0)}, bb, explainer.masker,
+                                        texts, model)
     got = {r["method"]: r["spearman"] for r in rows}
     assert got["occlusion"] > 0.999, got
     assert abs(got["random"]) < 0.1, got
-    assert got["fex"] >= 0.35, got  # measured 0.47 (1,000 snippets, one epoch); the full split: 0.65
+    # measured 0.47 with the one-epoch preset (today's text_rt_quick; the full split: 0.65); not yet measured
+    # with the banked text_rt (benchmarks/RESULTS_known_text.md), so the threshold is the one-epoch preset's
+    assert got["fex"] >= 0.35, got

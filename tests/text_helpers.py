@@ -126,3 +126,69 @@ class HashedLinearBow:
 
 
 linear_bow = HashedLinearBow()  # the known-answer target of benchmarks/known_text.py (target.model.path)
+
+
+class EmbeddingLinearBow:
+    """A linear bag-of-words model whose per-word effects are known exactly AND a fixed function of a word
+    representation, so an explainer can generalise them to words it never saw.
+
+    ``logit p(class 1 | text) = sum over whitespace words w of f(w)``, with
+    ``f(w) = scale * v . (mean of the frozen MiniLM input embeddings of w's word pieces - mu) / sd``:
+    ``v ~ N(0, I)`` fixed by ``seed``, ``mu`` the mean embedding row of the vocabulary and ``sd`` the spread
+    of ``v . (row - mu)`` over it (so a one-piece word has effect ~ N(0, scale^2), like
+    :class:`HashedLinearBow`). The tokenizer is MiniLM's (uncased: ``Good`` = ``good``); punctuation
+    attached to a word is one of its pieces (``good,`` = the mean of ``good`` and ``,``). The masker's mask
+    token, as a word, counts nothing. Returns numpy probabilities [N, 2] (``target.output=probs``).
+
+    The log-odds is a sum over the masker's features, so removing word i changes it by exactly
+    :meth:`effects` ``[i]``, whatever else is kept (every semivalue of the log-odds game equals it). The
+    embeddings and ``v`` are loaded on first use (importing this module stays cheap).
+    """
+
+    def __init__(self, seed: int = 0, scale: float = 0.5, mask_token: str = "[MASK]") -> None:
+        self.seed, self.scale, self.mask_token = int(seed), float(scale), mask_token
+        self._table = None  # (tokenizer, embedding rows - mu, v / sd * scale), loaded on first use
+        self._cache: dict[str, float] = {}
+
+    def _load(self):
+        if self._table is None:
+            from transformers import AutoModel
+
+            from fex.maskers.text import load_tokenizer, minilm_path
+
+            rows = AutoModel.from_pretrained(minilm_path()).get_input_embeddings().weight.detach().double()
+            centred = rows - rows.mean(0)
+            v = torch.randn(rows.shape[1], generator=torch.Generator().manual_seed(self.seed), dtype=torch.float64)
+            v = v * (self.scale / float((centred @ v).std()))
+            self._table = (load_tokenizer(None), centred, v)
+        return self._table
+
+    def word_effect(self, word: str) -> float:
+        """f(word): the exact effect of ``word`` on the class-1 log-odds (0 for the mask token)."""
+        if word not in self._cache:
+            tokenizer, centred, v = self._load()
+            ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+            self._cache[word] = 0.0 if word == self.mask_token or not ids else float(centred[ids].mean(0) @ v)
+        return self._cache[word]
+
+    def log_odds(self, texts):
+        """The class-1 logit of each text: numpy [N]."""
+        import numpy as np
+
+        return np.array([sum(self.word_effect(w) for w in t.split()) for t in texts], dtype=np.float64)
+
+    def __call__(self, texts):
+        import numpy as np
+
+        p1 = 1.0 / (1.0 + np.exp(-self.log_odds(list(texts))))
+        return np.stack([1.0 - p1, p1], 1)
+
+    def effects(self, words, cls: int = 1):
+        """The exact effect of each word on the log-odds of class ``cls``: numpy [len(words)]."""
+        import numpy as np
+
+        sign = 1.0 if int(cls) == 1 else -1.0
+        return sign * np.array([self.word_effect(w) for w in words], dtype=np.float64)
+
+
+embedding_bow = EmbeddingLinearBow()  # the second known-answer target of benchmarks/known_text.py
