@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fex.tda import (ExactSolver, FeatureSampler, FullSampler, Influence, LissaSolver, LogitSampler, LossModel,
-                     UniformSampler, top_k)
+from fex.tda import (ExactSolver, FeatureSampler, FullSampler, IdentitySolver, Influence, LissaSolver, LogitSampler,
+                     LossModel, UniformSampler, top_k)
 from fex.tda.evaluation import (detection_rate, fit_softmax, flip_labels, hessian_error, loo_check, pearson,
                                 spearman, synthetic_softmax)
+from fex.errors import ConfigError
 from fex.tda.samplers import largest_remainder, strata, subset_size
 from tests.conftest import compose
 
@@ -54,8 +55,6 @@ def test_exact_solver_inverts_damped_hessian():
 
 
 def test_exact_solver_refuses_large_subsets():
-    from fex.errors import ConfigError
-
     lm, x, y, _, _ = _problem()
     with pytest.raises(ConfigError, match="max_params"):
         ExactSolver(lm, x, y, None, max_params=lm.dim - 1)
@@ -79,6 +78,32 @@ def test_scores_stream_in_chunks_and_match_dense_formula():
     assert torch.allclose(a, b, atol=1e-10) and torch.allclose(a, dense, atol=1e-8)
     tk = top_k(a[0], 3)
     assert a[0, tk["helpful"][0]] == a[0].max() and a[0, tk["harmful"][0]] == a[0].min()
+
+
+def test_relatif_and_unit_aggregate_match_their_dense_formulas():
+    """RelatIF divides each column by sqrt(self-influence); ``unit`` averages unit-normalised queries;
+    with the identity solver RelatIF is the gradient cosine times the query norm."""
+    lm, x, y, xte, yte = _problem(n=70)
+    solver = lambda m, z, yy, w: ExactSolver(m, z, yy, w, damping=0.1)  # noqa: E731
+    raw = Influence(lm, FullSampler(), solver, chunk_size=9).fit(x, y)
+    rel = Influence(lm, FullSampler(), solver, chunk_size=9, normalize="relatif").fit(x, y)
+    a = rel.scores(xte[:4], yte[:4])
+    assert torch.allclose(a, raw.scores(xte[:4], yte[:4]) / raw.self_influence().sqrt(), atol=1e-10)
+    assert torch.allclose(rel.scores(xte[:4], yte[:4]), a, atol=1e-12)  # cached self-influence, same answer
+    hinv = torch.linalg.inv(lm.hessian(x, y) + 0.1 * torch.eye(lm.dim, dtype=torch.double))
+    g, gt = lm.grads(x, y), lm.grads(xte[:5], yte[:5])
+    unit = (gt @ hinv / ((gt @ hinv) * gt).sum(1, keepdim=True).sqrt()).mean(0) @ g.T
+    assert torch.allclose(raw.group_scores(xte[:5], yte[:5], "unit"), unit, atol=1e-10)
+    mean_loss = lm.mean_grad(xte[:5], yte[:5]) @ hinv @ g.T
+    assert torch.allclose(raw.group_scores(xte[:5], yte[:5]), mean_loss, atol=1e-10)
+    cos = Influence(lm, FullSampler(), lambda m, z, yy, w: IdentitySolver(m, z, yy, w, damping=0.1),
+                    normalize="relatif").fit(x, y).scores(xte[:3], yte[:3])
+    want = F.cosine_similarity(gt[:3, None, :], g[None, :, :], dim=-1) * gt[:3].norm(dim=1, keepdim=True) / 0.1 ** 0.5
+    assert torch.allclose(cos, want, atol=1e-10)
+    with pytest.raises(ConfigError, match="normalize"):
+        Influence(lm, FullSampler(), solver, normalize="cosine")
+    with pytest.raises(ConfigError, match="aggregate"):
+        raw.group_scores(xte[:5], yte[:5], "max")
 
 
 def test_self_influence_flags_flipped_labels():

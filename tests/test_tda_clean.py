@@ -10,6 +10,7 @@ from torch import nn
 from fex.errors import ConfigError, DataError
 from fex.tda.clean import (cleaning, influence_ranker, information_ranker, plant_backdoor,
                            random_ranker, recall_at, self_influence_ranker, stamp)
+from fex.tda.ihvp import IdentitySolver
 from fex.tda.evaluation import fit_softmax
 from tests.conftest import compose
 
@@ -70,14 +71,47 @@ def test_cleaning_finds_the_planted_backdoor_and_removal_repairs_the_model():
     assert rows["random"]["recall@0.05"] <= 0.3 and rows["random"]["after_asr"] >= 0.5
 
 
+def test_relatif_finds_confidently_fit_poisons_that_raw_influence_ranks_below_hard_examples():
+    """The MNIST failure mode, planted: besides 10 poisons (triggered 0s labelled 1, which the model fits
+    confidently: small gradients), 20 untriggered 0s are labelled 1. The model cannot fit those, so their
+    gradients are large and also point the query's way (more "0-looking is 1"): raw influence fills its
+    top 5% with them. Normalised by self-influence (RelatIF) or by gradient norms (cosine), the poisons -
+    the examples most aligned with the triggered queries - come first, and removing them removes the
+    backdoor; removing influence's picks does not."""
+    x_tr, y_tr = _images(100, 0)
+    g = torch.Generator().manual_seed(5)
+    zeros = (y_tr == 0).nonzero().squeeze(1)
+    hard = zeros[torch.randperm(len(zeros), generator=g)[:20]]
+    y_tr = y_tr.clone()
+    y_tr[hard] = 1  # label noise towards the backdoor's target, no trigger
+    x_val, y_val = _images(20, 1)
+    x_te, y_te = _images(100, 2)
+    cosine = influence_ranker(solver=lambda m, z, y, w: IdentitySolver(m, z, y, w, damping=0.01), normalize="relatif",
+                              aggregate="unit")
+    rankers = {"influence_full": influence_ranker(damping=0.01),
+               "influence_relatif": influence_ranker(damping=0.01, normalize="relatif", aggregate="unit"),
+               "gradient_cosine": cosine}
+    res = cleaning(_train, x_tr, y_tr, x_val, y_val, x_te, y_te, rankers, source=0, target=1, fraction=0.1,
+                   patch=2, queries=10, removal=(0.05,), retrain_at=0.05, retrain="all", reference=False, seed=3,
+                   log=lambda m: None)
+    poisoned = res["poisoned"]
+    assert not torch.isin(poisoned, hard).any() and res["before"]["asr"] >= 0.5
+    rows = {r["attributor"]: r for r in res["rows"]}
+    for name in ("influence_relatif", "gradient_cosine"):
+        assert rows[name]["recall@0.05"] >= 0.9, rows[name]
+        assert rows[name]["after_asr"] < 0.1, rows[name]
+    assert rows["influence_full"]["recall@0.05"] <= 0.5 and rows["influence_full"]["after_asr"] >= 0.5, rows
+
+
 def test_clean_config_composes_and_builds_every_attributor(tmp_path):
     from fex.config import build
 
     cfg = compose("tda", ["tda_task=clean"], tmp_path)
     assert cfg.tda_task.name == "clean"
     rankers = {n: build(spec) for n, spec in cfg.tda_task.attributors.items()}
-    assert set(rankers) >= {"random", "self_influence", "influence_full", "influence_uniform", "influence_logit",
-                            "influence_feature", "information", "information_subset"}
+    assert set(rankers) >= {"random", "self_influence", "influence_full", "influence_relatif", "gradient_cosine",
+                            "influence_uniform", "influence_logit", "influence_feature", "information",
+                            "information_subset"}
     assert all(callable(r) for r in rankers.values())
 
 
@@ -87,8 +121,9 @@ def test_clean_task_runs_on_mnist(tmp_path):
     from fex.tasks.tda import tda
 
     keep = ["random", "influence_full", "information"]
-    drop = [f"~tda_task.attributors.{n}" for n in ("self_influence", "influence_uniform", "influence_logit",
-                                                    "influence_feature", "information_subset")]
+    drop = [f"~tda_task.attributors.{n}" for n in ("self_influence", "influence_relatif", "gradient_cosine",
+                                                    "influence_uniform", "influence_logit", "influence_feature",
+                                                    "information_subset")]
     cfg = compose("tda", ["tda_task=clean", "tda_task.epochs=1", "data.limit=200", "tda_task.reference=false",
                           f"tda_task.retrain=[{keep[0]}]", *drop], tmp_path)
     metrics, obj = tda(cfg)

@@ -109,7 +109,8 @@ def tda(cfg: DictConfig) -> tuple[dict, dict]:
     else:
         sampler = build(cfg.tda_sampler, what="tda_sampler")
         solver = build(cfg.tda_solver, what="tda_solver")
-        infl = Influence(lm, sampler, solver, chunk_size=int(t.chunk_size), seed=int(cfg.seed))
+        infl = Influence(lm, sampler, solver, chunk_size=int(t.chunk_size), seed=int(cfg.seed),
+                         normalize=str(t.normalize))
         infl.fit(x_tr, y_tr)
         s_test, explained = infl.test_vectors(xt, label)
         scores = infl.scores_for(s_test)  # [T, N]
@@ -118,7 +119,7 @@ def tda(cfg: DictConfig) -> tuple[dict, dict]:
         metrics = {
             "tda/method": "influence", "tda/params": lm.dim, "tda/train_size": infl.n,
             "tda/subset_size": int(len(infl.subset)), "tda/sampler": sampler.name,
-            "tda/solver": getattr(infl.solver, "name", type(infl.solver).__name__),
+            "tda/solver": getattr(infl.solver, "name", type(infl.solver).__name__), "tda/normalize": infl.normalize,
             "tda/seconds": seconds, **{f"tda/{kk}": v for kk, v in infl.timings.items()}}
     probs = infl.probs(lm.prepare(xt))
 

@@ -88,15 +88,16 @@ def recall_at(order: torch.Tensor, poisoned: torch.Tensor, fraction: float) -> f
 
 # --------------------------------------------------------------------------- rankers
 def influence_ranker(sampler: Sampler | None = None, solver: Callable[..., Any] | None = None, damping: float = 0.1,
-                     chunk_size: int = 256, seed: int = 0) -> Ranker:
-    """Training examples by influence on the behaviour's loss, most helpful to it first (any sampler/solver;
-    default: the whole set with the exact solve)."""
+                     chunk_size: int = 256, seed: int = 0, normalize: str = "none", aggregate: str = "loss") -> Ranker:
+    """Training examples by influence on the behaviour, most helpful to it first (any sampler/solver;
+    default: the whole set with the exact solve). ``normalize=relatif`` and ``aggregate=unit``:
+    :class:`~fex.tda.influence.Influence` (RelatIF; every query counted once)."""
     sampler = FullSampler() if sampler is None else sampler
     solver = solver or (lambda m, z, y, w: ExactSolver(m, z, y, w, damping=damping))
 
     def rank(lm, x, y, xq, yq):
-        infl = Influence(lm, sampler, solver, chunk_size=chunk_size, seed=seed).fit(x, y)
-        return torch.argsort(infl.group_scores(xq, yq), descending=True, stable=True)
+        infl = Influence(lm, sampler, solver, chunk_size=chunk_size, seed=seed, normalize=normalize).fit(x, y)
+        return torch.argsort(infl.group_scores(xq, yq, aggregate), descending=True, stable=True)
 
     return rank
 
@@ -112,13 +113,13 @@ def self_influence_ranker(damping: float = 0.1, chunk_size: int = 256) -> Ranker
 
 
 def information_ranker(damping: float = 0.1, noise: float = 0.3, mode: str = "exact", subset: int | None = None,
-                       chunk_size: int = 256, pool: int | None = None) -> Ranker:
+                       chunk_size: int = 256, pool: int | None = None, aggregate: str = "loss") -> Ranker:
     """Training examples by signed information at the behaviour (largest first); with ``subset`` = k the
     first k are the greedy subset in selection order, then the rest by single-example information."""
     def rank(lm, x, y, xq, yq):
         att = InformationAttributor(lm, damping=damping, noise=noise, mode=mode, chunk_size=chunk_size,
                                     pool=pool).fit(x, y)
-        psi = att.group_vector(xq, yq)
+        psi = att.group_vector(xq, yq, aggregate)
         order = torch.argsort(att.scores_for(psi)[0], descending=True, stable=True)
         if not subset:
             return order

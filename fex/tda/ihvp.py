@@ -4,6 +4,9 @@
   damping and factorise it once (Cholesky; eigen-decomposition when it is not positive definite).
   Only where D is small (``exact_max_params``), e.g. the last layer of the MNIST CNN (D = 1,290)
   or of the MiniLM classifier (D = 770).
+* :class:`IdentitySolver` - no curvature: H taken as 0, so (0 + damping*I)^-1 v = v / damping and
+  influence becomes a gradient dot product (TracIn at one checkpoint, Pruthi et al. 2020); with
+  ``Influence(normalize="relatif")`` a gradient cosine (Charpiat et al. 2019). Any D, no Hessian.
 * :class:`LissaSolver` - LiSSA (Agarwal, Bullins, Hazan 2017) from the maintained ``dattri``
   library (:func:`dattri.func.hessian.ihvp_lissa`): a stochastic Neumann series of Hessian-vector
   products on random minibatches of the subset, never forming H.
@@ -52,6 +55,22 @@ class ExactSolver:
         if self._chol is not None:
             return torch.cholesky_solve(v.T.to(self._chol.dtype), self._chol).T
         return v.to(self._inv.dtype) @ self._inv
+
+
+class IdentitySolver:
+    """(0 + damping*I)^-1 V = V / damping: influence without the Hessian (gradient similarity)."""
+
+    name = "identity"
+
+    def __init__(self, model: LossModel, z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None,
+                 damping: float = 0.01) -> None:
+        if float(damping) <= 0:
+            raise ConfigError(f"identity solver damping must be positive, got {damping}")
+        self.damping = float(damping)
+
+    def solve(self, v: torch.Tensor) -> torch.Tensor:
+        """V [K, D] -> V / damping."""
+        return v / self.damping
 
 
 def top_eigenvalue(model: LossModel, z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, iters: int = 20,

@@ -11,6 +11,21 @@ retrained: **positive = helpful** (removing i would raise the test loss), **nega
 Self-influence ``grad L(i)^T (H + lambda I)^-1 grad L(i)`` ranks examples the model finds hard to
 fit (mislabeled ones among them).
 
+Two variants for finding the examples *behind* a behaviour rather than the ones with the largest
+gradients (``normalize`` and ``aggregate``):
+
+* ``normalize="relatif"``: RelatIF (Barshan, Brunet, Dziugaite, AISTATS 2020), the l-relative
+  influence ``score[t, i] / sqrt(grad L(i)^T (H + lambda I)^-1 grad L(i))``: influence per unit of
+  the example's own (self-)influence. Raw influence is proportional to |grad L(i)|, so it favours
+  examples the model fits badly (outliers, mislabels) and under-ranks examples it fits confidently
+  - a planted backdoor's poisons among them. With :class:`~fex.tda.ihvp.IdentitySolver` (H = 0)
+  it is the gradient cosine times |grad L(t)|.
+* ``group_scores(..., aggregate="unit")``: the explained group's score is the mean over its queries
+  of ``score[t, i] / sqrt(grad L(t)^T (H + lambda I)^-1 grad L(t))`` (each query normalised the same
+  way), so every query counts once; ``aggregate="loss"`` scores the gradient of the group's mean
+  loss, where the queries the model is least sure of dominate (a confidently-wrong group has tiny
+  loss gradients).
+
 Per-example gradients are computed ``chunk_size`` training examples at a time and folded into the
 scores at once: the [N, D] gradient matrix is never held.
 """
@@ -22,11 +37,14 @@ from typing import Any, Callable
 
 import torch
 
-from fex.errors import DataError
+from fex.errors import ConfigError, DataError
 from fex.tda.model import LossModel
 from fex.tda.samplers import Sampler
 
 log = logging.getLogger("fex")
+
+NORMALIZE = ("none", "relatif")
+AGGREGATE = ("loss", "unit")
 
 
 class Influence:
@@ -38,12 +56,15 @@ class Influence:
         solver: ``(model, z, y, w) -> solver`` with ``.solve(V [K, D]) -> [K, D]`` (exact or LiSSA).
         chunk_size: training examples per gradient chunk.
         seed: the sampler's seed.
+        normalize: ``none`` (influence) | ``relatif`` (divided by sqrt(self-influence): module docstring).
     """
 
     def __init__(self, model: LossModel, sampler: Sampler, solver: Callable[..., Any], chunk_size: int = 256,
-                 seed: int = 0) -> None:
+                 seed: int = 0, normalize: str = "none") -> None:
+        if normalize not in NORMALIZE:
+            raise ConfigError(f"influence normalize must be one of {NORMALIZE}, got {normalize!r}")
         self.model, self.sampler, self.solver_factory = model, sampler, solver
-        self.chunk_size, self.seed = int(chunk_size), int(seed)
+        self.chunk_size, self.seed, self.normalize = int(chunk_size), int(seed), normalize
         self.timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------ fit: sample S, build the solver
@@ -58,6 +79,7 @@ class Influence:
         if len(inputs) != len(y) or len(y) == 0:
             raise DataError(f"{len(inputs)} training inputs but {len(y)} labels")
         self.z, self.y = self.model.prepare(inputs), y
+        self._own: torch.Tensor | None = None  # self-influence [N] (normalize=relatif), filled when first scored
         self.n = len(y)
         t1 = time.perf_counter()
         probs = self.probs(self.z) if "probs" in self.sampler.needs else None
@@ -89,12 +111,21 @@ class Influence:
         return s, y
 
     def scores_for(self, s_test: torch.Tensor) -> torch.Tensor:
-        """s_test [T, D] (inverse-Hessian test vectors) -> scores [T, N], streaming training gradients."""
+        """s_test [T, D] (inverse-Hessian test vectors) -> scores [T, N], streaming training gradients
+        (``normalize=relatif``: each column divided by sqrt of the example's self-influence)."""
         t0 = time.perf_counter()
         out = torch.empty(len(s_test), self.n, dtype=s_test.dtype)
+        own = None
+        if self.normalize == "relatif":  # self-influence: solved once per fit, in the first scoring pass
+            own = self._own if self._own is not None else torch.empty(self.n, dtype=self.model.theta0.dtype)
         for a in range(0, self.n, self.chunk_size):
             g = self.model.grads(self.z[a:a + self.chunk_size], self.y[a:a + self.chunk_size])  # [chunk, D]
             out[:, a:a + len(g)] = s_test @ g.T.to(s_test.dtype)
+            if own is not None and self._own is None:
+                own[a:a + len(g)] = (g * self.solver.solve(g).to(g.dtype)).sum(1)
+        if own is not None:
+            self._own = own
+            out /= own.to(out.dtype).clamp_min(torch.finfo(out.dtype).tiny).sqrt()
         self.timings["score_s"] = time.perf_counter() - t0
         return out
 
@@ -103,11 +134,18 @@ class Influence:
         s, _ = self.test_vectors(inputs, y)
         return self.scores_for(s)
 
-    def group_scores(self, inputs: Any, y: torch.Tensor) -> torch.Tensor:
-        """Scores [N] on the *mean* loss over a group of test inputs (e.g. one class's test set)."""
-        zt = self.model.prepare(inputs)
-        g = self.model.mean_grad(zt, torch.as_tensor(y).long()).unsqueeze(0)
-        return self.scores_for(self.solver.solve(g))[0]
+    def group_scores(self, inputs: Any, y: torch.Tensor, aggregate: str = "loss") -> torch.Tensor:
+        """Scores [N] for a group of test inputs (e.g. one class's test set): ``loss`` on their *mean*
+        loss; ``unit`` the mean of their scores, each query's divided by sqrt(g_t^T (H + lambda I)^-1 g_t)."""
+        if aggregate not in AGGREGATE:
+            raise ConfigError(f"influence aggregate must be one of {AGGREGATE}, got {aggregate!r}")
+        zt, y = self.model.prepare(inputs), torch.as_tensor(y).long()
+        if aggregate == "loss":
+            return self.scores_for(self.solver.solve(self.model.mean_grad(zt, y).unsqueeze(0)))[0]
+        g = self.model.grads(zt, y)  # [T, D]
+        s = self.solver.solve(g).to(g.dtype)
+        own = (g * s).sum(1, keepdim=True)
+        return self.scores_for((s / own.clamp_min(torch.finfo(s.dtype).tiny).sqrt()).mean(0, keepdim=True))[0]
 
     def self_influence(self) -> torch.Tensor:
         """grad L(i)^T (H + lambda I)^-1 grad L(i) for every training example [N], in chunks."""

@@ -53,6 +53,7 @@ from typing import Any
 import torch
 
 from fex.errors import ConfigError, DataError
+from fex.tda.influence import AGGREGATE
 from fex.tda.model import LossModel
 
 MODES = ("exact", "relaxed")
@@ -165,10 +166,17 @@ class InformationAttributor:
         y = torch.as_tensor(y).long()
         return self._whiten(self.model.grads(zt, y)), y
 
-    def group_vector(self, inputs: Any, y: torch.Tensor) -> torch.Tensor:
-        """psi [1, D] of the *mean* loss over a group of queries (e.g. every input showing a behaviour)."""
-        zt = self.model.prepare(inputs)
-        return self._whiten(self.model.mean_grad(zt, torch.as_tensor(y).long()).unsqueeze(0))
+    def group_vector(self, inputs: Any, y: torch.Tensor, aggregate: str = "loss") -> torch.Tensor:
+        """psi [1, D] for a group of queries (e.g. every input showing a behaviour): ``loss`` whitens the
+        gradient of their *mean* loss; ``unit`` averages their whitened vectors each scaled to unit length
+        (every query counts once, as in :meth:`Influence.group_scores <fex.tda.influence.Influence.group_scores>`)."""
+        if aggregate not in AGGREGATE:
+            raise ConfigError(f"information aggregate must be one of {AGGREGATE}, got {aggregate!r}")
+        zt, y = self.model.prepare(inputs), torch.as_tensor(y).long()
+        if aggregate == "loss":
+            return self._whiten(self.model.mean_grad(zt, y).unsqueeze(0))
+        psi = self._whiten(self.model.grads(zt, y))
+        return (psi / psi.norm(dim=1, keepdim=True).clamp_min(1e-300)).mean(0, keepdim=True)
 
     def scores_for(self, psi_q: torch.Tensor) -> torch.Tensor:
         """psi_q [T, D] -> signed information [T, N]: magnitude the entropy change at each query (nats),
@@ -188,9 +196,9 @@ class InformationAttributor:
         """Signed information [T, N] of every training example at each query (see :meth:`scores_for`)."""
         return self.scores_for(self.query_vectors(inputs, y)[0])
 
-    def group_scores(self, inputs: Any, y: torch.Tensor) -> torch.Tensor:
-        """Signed information [N] on the mean loss over a group of queries."""
-        return self.scores_for(self.group_vector(inputs, y))[0]
+    def group_scores(self, inputs: Any, y: torch.Tensor, aggregate: str = "loss") -> torch.Tensor:
+        """Signed information [N] at a group of queries (:meth:`group_vector`)."""
+        return self.scores_for(self.group_vector(inputs, y, aggregate))[0]
 
     def self_information(self) -> torch.Tensor:
         """-1/2 log(1 - h_i) [N]: the entropy increase at x_i itself when i is removed (exact) or
