@@ -71,13 +71,12 @@ def test_cleaning_finds_the_planted_backdoor_and_removal_repairs_the_model():
     assert rows["random"]["recall@0.05"] <= 0.3 and rows["random"]["after_asr"] >= 0.5
 
 
-def test_relatif_finds_confidently_fit_poisons_that_raw_influence_ranks_below_hard_examples():
+def test_relatif_and_gradient_cosine_find_confidently_fit_poisons_among_hard_examples():
     """The MNIST failure mode, planted: besides 10 poisons (triggered 0s labelled 1, which the model fits
     confidently: small gradients), 20 untriggered 0s are labelled 1. The model cannot fit those, so their
-    gradients are large and also point the query's way (more "0-looking is 1"): raw influence fills its
-    top 5% with them. Normalised by self-influence (RelatIF) or by gradient norms (cosine), the poisons -
-    the examples most aligned with the triggered queries - come first, and removing them removes the
-    backdoor; removing influence's picks does not."""
+    gradients are large and also point the query's way (more "0-looking is 1"). Normalised by
+    self-influence (RelatIF) or by gradient norms (cosine), the poisons - the examples most aligned with
+    the triggered queries - come first, and removing them removes the backdoor."""
     x_tr, y_tr = _images(100, 0)
     g = torch.Generator().manual_seed(5)
     zeros = (y_tr == 0).nonzero().squeeze(1)
@@ -100,7 +99,8 @@ def test_relatif_finds_confidently_fit_poisons_that_raw_influence_ranks_below_ha
     for name in ("influence_relatif", "gradient_cosine"):
         assert rows[name]["recall@0.05"] >= 0.9, rows[name]
         assert rows[name]["after_asr"] < 0.1, rows[name]
-    assert rows["influence_full"]["recall@0.05"] <= 0.5 and rows["influence_full"]["after_asr"] >= 0.5, rows
+    # raw influence is not asserted to fail here: on this planted problem it also finds the poisons
+    # (CI, 2026-12-06); the MNIST case where it misses them (57% at 5%) is in docs/tda_information.md
 
 
 def test_clean_config_composes_and_builds_every_attributor(tmp_path):
