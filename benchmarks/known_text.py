@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{words.mean():.1f} words on average (max {int(words.max())}); {share:.0%} of their words occur "
               f">= {a.min_count} times in the {len(train_texts):,} training snippets ({rows[0]['n_frequent']} "
               f"snippets have >= 3 such words: the frequent-words column); objective {obj}; "
-              f"{metrics['train/queries']:,} training queries, {int(metrics.get('epoch', 0)) + 1} epoch(s); "
+              f"{metrics['train/queries']:,} training queries, {cfg.trainer.max_epochs} epochs; "
               f"{machine()}\n")
     text = (header + "\n" + table(rows, a.min_count)
             + "\n\nfex per word, by how often the word occurs in the training snippets:\n\n"

@@ -104,6 +104,27 @@ def test_only_valid_features_are_attributed_or_perturbed():
     torch.testing.assert_close(B.FeatureAblation(bb, masker).attribute(x, 1)[0, :5], W[:5], atol=1e-5, rtol=0)
 
 
+class OneValid(PatchMasker):
+    """Only feature 1 exists (a one-word snippet)."""
+
+    def valid(self, x):
+        v = torch.zeros(x.shape[0], self.num_features(), dtype=torch.bool)
+        v[:, 1] = True
+        return v
+
+
+def test_kernel_shap_on_a_single_feature_is_exact_with_two_queries():
+    # Captum's KernelShap cannot sample coalitions of one feature; the Shapley value of the only
+    # player is g(1) - g(0) = its weight here (the other features are absent in both queries).
+    bb = BlackBox(LinearProbs(), output="probs")
+    masker = OneValid(grid=(3, 3), input_shape=(1, 6, 6))
+    bb.reset_queries()
+    s = B.KernelShap(bb, masker, n_samples=200).attribute(torch.ones(2, 1, 6, 6), 1)
+    assert bb.queries == 2 * 2
+    torch.testing.assert_close(s[:, 1], W[1].expand(2), atol=1e-6, rtol=0)
+    assert (s[:, [0, *range(2, 9)]] == 0).all()
+
+
 def test_per_example_equals_batched(linear):
     bb, masker, _ = linear
     x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(1))

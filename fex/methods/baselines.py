@@ -119,6 +119,14 @@ class KernelShap(_Captum):
 
         return K
 
+    def attribute_one(self, x: Any, target: int, idx: torch.Tensor, f: int) -> torch.Tensor:
+        # Captum's coalition-size distribution is empty for one feature (a one-word snippet): its
+        # Shapley value is exact, g(1) - g(0) (efficiency), for 2 queries.
+        if idx.numel() == 1:
+            v = self.presence_fn(x, target, idx, f)(torch.tensor([[1.0], [0.0]]))
+            return (v[0] - v[1]).reshape(1)
+        return super().attribute_one(x, target, idx, f)
+
 
 class Lime(_Captum):
     """Captum Lime with its default Lasso surrogate; ``n_samples`` perturbations (= queries)."""
