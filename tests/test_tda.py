@@ -278,6 +278,28 @@ def test_text_last_layer_and_subset_paths_agree():
     assert g_last.shape == (3, 34) and torch.allclose(g_last, g_sub, atol=1e-5)
 
 
+def test_last_layer_features_keep_row_order_on_a_chunking_text_classifier():
+    """HFTextClassifier runs batches larger than its chunk_size as length-sorted chunks (the last layer
+    is called once per chunk, rows reordered): the hooked features must still be those of each text,
+    in input order (a batch of 256 on MiniLM once failed with a 64-vs-256 shape error)."""
+    transformers = pytest.importorskip("transformers")
+    from fex.maskers.text import resolve_model_path
+    from fex.targets.text import HFTextClassifier
+
+    tok = transformers.AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    torch.manual_seed(0)
+    conf = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                   num_attention_heads=2, intermediate_size=32, num_labels=2)
+    clf = HFTextClassifier(transformers.BertForSequenceClassification(conf), tok, max_length=16, chunk_size=2)
+    texts = ["a long and rather dull film about nothing", "fine", "great", "not good at all", "ok then"]
+    lm = LossModel(clf, "last", chunk_size=256)
+    assert lm.chunk_size == 2
+    feats = lm.prepare(texts)
+    alone = torch.cat([LossModel(clf, "last").prepare([t]) for t in texts])
+    assert feats.shape == alone.shape == (5, 16)
+    torch.testing.assert_close(feats, alone, atol=1e-5, rtol=1e-5)
+
+
 def test_text_page_escapes_and_lists_both_kinds(tmp_path):
     from fex.tda.render import render
 

@@ -43,7 +43,8 @@ class LossModel:
     Args:
         model: the classifier (``nn.Module``: inputs -> logits [N, C]); kept in eval mode.
         params: ``last`` | ``all`` | list of parameter-name prefixes.
-        chunk_size: examples per forward pass when preparing inputs.
+        chunk_size: examples per forward pass when preparing inputs (at most ``model.chunk_size`` where
+            the model has one: a classifier that runs larger batches in reordered chunks).
     """
 
     def __init__(self, model: nn.Module, params: str | Sequence[str] = "last", chunk_size: int = 256) -> None:
@@ -51,6 +52,9 @@ class LossModel:
             raise TargetError("training-data attribution needs gradients: the target must be an nn.Module")
         self.model = model.eval()
         self.chunk_size = int(chunk_size)
+        inner = getattr(model, "chunk_size", None)  # a classifier that splits (and reorders) larger batches
+        if isinstance(inner, int) and inner >= 1:  # (HFTextClassifier): one pass per chunk keeps rows in order
+            self.chunk_size = min(self.chunk_size, inner)
         self.text = _is_text(model)
         if params == "last":
             self.mode = "last"
@@ -93,7 +97,10 @@ class LossModel:
                 logits = self.model(x)
             finally:
                 h.remove()
-            feats = got[-1].reshape(len(got[-1]), -1)
+            if len(got) != 1:
+                raise TargetError(f"the model called its last nn.Linear {len(got)} times for one batch of {len(x)}; "
+                                  "use tda.params=all, or give the model a chunk_size")
+            feats = got[0].reshape(len(got[0]), -1)
             if not torch.allclose(self.layer(feats), logits, atol=1e-4, rtol=1e-4):
                 raise TargetError("the last nn.Linear's output is not the model's logits; use tda.params=all")
             return feats
