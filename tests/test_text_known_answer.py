@@ -177,6 +177,7 @@ def test_text_preset_recovers_linear_bow_effects_on_real_sentences(tmp_path):
     got = {r["method"]: r["spearman"] for r in rows}
     assert got["occlusion"] > 0.999, got
     assert abs(got["random"]) < 0.1, got
-    # measured 0.47 with the one-epoch preset (today's text_rt_quick; the full split: 0.65); not yet measured
-    # with the banked text_rt (benchmarks/RESULTS_known_text.md), so the threshold is the one-epoch preset's
-    assert got["fex"] >= 0.35, got
+    # measured 0.604 with the banked text_rt on these 1,000 snippets (2026-12-06; the one-epoch preset, today's
+    # text_rt_quick, measured 0.47; the full split: 0.820, benchmarks/RESULTS_known_text.md). The margin below
+    # 0.604 allows for training that is not bit-reproducible across machines; 0.47 would fail it.
+    assert got["fex"] >= 0.5, got
