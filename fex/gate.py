@@ -23,6 +23,11 @@ more trustworthy). Two statistics:
   the undecided inputs, and an input stops once its decision is certain, because the running
   minimum can only fall and never below 0 (:func:`deletion_area_bounds`): the same decisions as
   the full check with fewer queries (an input with p(y|x) below the threshold's area needs none).
+* ``relative_deletion`` (the same queries, sequential too): T = -A / p(y|x), the share of the
+  prediction the explanation's deletion curve keeps on average. In distribution p(y|x) is mostly
+  near 1 and the two statistics nearly agree; where a shift lowers p(y|x) the per-instance
+  reference's area falls with it, so an absolute gap that makes an explanation wrong is a larger
+  share of what is left, and this statistic holds such inputs to a proportionally stricter standard.
 
 The explanation **passes** when T >= threshold. The threshold is calibrated, not chosen: on
 validation inputs whose explanation is *right* (deletion AUC within ``margin`` of a per-instance
@@ -71,7 +76,8 @@ NO_THRESHOLD = "-inf"  # a calibration on too few inputs for its alpha: every ex
 SIDECAR_FORMAT = "fex-gate"
 SIDECAR_VERSION = 1
 COMPARATORS = ("bottom", "random")
-STATISTICS = ("contrast", "deletion")
+STATISTICS = ("contrast", "deletion", "relative_deletion")
+SEQUENTIAL = ("deletion", "relative_deletion")  # the statistics checked removal by removal
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -177,7 +183,8 @@ class Gate:
             explainer's scores, only flag them).
         fallback_kwargs: constructor arguments of the fallback method.
         seed: random comparator seed.
-        statistic: ``contrast`` (``1 + 2J`` queries) or ``deletion`` (sequential, at most ``1 + J``).
+        statistic: ``contrast`` (``1 + 2J`` queries), ``deletion`` or ``relative_deletion`` (sequential,
+            at most ``1 + J``).
         abnormality: a calibrated :class:`fex.ood.Prescreen` whose flag picks the threshold per input
             (with ``abnormal_alpha``; module docstring). Not saved in the sidecar.
         abnormal_alpha: the false-alarm rate spent on flagged inputs (``>= alpha``); None: one threshold.
@@ -199,8 +206,8 @@ class Gate:
         if statistic not in STATISTICS:
             raise ConfigError(f"gate statistic must be one of {STATISTICS}, got {statistic!r}")
         self.statistic = statistic
-        if statistic == "deletion" and list(self.fractions) != sorted(set(self.fractions)):
-            raise ConfigError(f"the deletion statistic needs increasing fractions, got {list(self.fractions)}")
+        if statistic in SEQUENTIAL and list(self.fractions) != sorted(set(self.fractions)):
+            raise ConfigError(f"the {statistic} statistic needs increasing fractions, got {list(self.fractions)}")
         if comparator not in COMPARATORS:
             raise ConfigError(f"gate comparator must be one of {COMPARATORS}, got {comparator!r}")
         if self.queries_per_input > int(max_queries):
@@ -236,6 +243,11 @@ class Gate:
         """The most a check spends on one input: ``1 + 2J`` (contrast) or ``1 + J`` (deletion; the
         sequential check often stops sooner)."""
         return 1 + (2 if self.statistic == "contrast" else 1) * len(self.fractions)
+
+    @property
+    def sequential(self) -> bool:
+        """Whether the check can stop early per input (the deletion statistics)."""
+        return self.statistic in SEQUENTIAL
 
     @property
     def stratified(self) -> bool:
@@ -311,7 +323,7 @@ class Gate:
         with bb.counting() as c1:
             if self.statistic == "contrast":
                 if thresholds is not None:
-                    raise ConfigError("the sequential check needs statistic='deletion'")
+                    raise ConfigError("the sequential check needs statistic='deletion' or 'relative_deletion'")
                 gen = torch.Generator().manual_seed(self.seed)
                 top = removal_masks(scores, valid, self.fractions, "top")
                 comp = removal_masks(scores, valid, self.fractions, self.comparator, gen)
@@ -334,9 +346,11 @@ class Gate:
         b, j = valid.shape[0], len(self.fractions)
         top = removal_masks(scores, valid, self.fractions, "top")  # [B, J, F]
         pos = removal_positions(valid.cpu(), self.fractions)  # [B, J]
+        # relative_deletion: the area as a share of p(y|x) (a positive constant per input: the bounds scale with it)
+        scale = p_full.clamp_min(1e-6) if self.statistic == "relative_deletion" else torch.ones_like(p_full)
         if thresholds is None:  # the full check: every fraction, one batched call
             p_top = _probs_of(bb, masker, x, top, t)
-            return -deletion_area(p_full, p_top, pos), torch.full((b,), j, dtype=torch.long)
+            return -deletion_area(p_full, p_top, pos) / scale, torch.full((b,), j, dtype=torch.long)
         thr = torch.as_tensor(thresholds, dtype=torch.float32).flatten().expand(b)
         p_top = torch.zeros(b, j)
         measured = torch.zeros(b, j, dtype=torch.bool)
@@ -344,6 +358,7 @@ class Gate:
         dev = masker.device_of(x)
         for k in range(j + 1):
             lo, hi = deletion_area_bounds(p_full, p_top, measured, pos)
+            lo, hi = lo / scale, hi / scale
             open_ = (-hi < thr) & (-lo >= thr)  # neither surely passing (-hi >= thr) nor surely failing (-lo < thr)
             if k == j or not open_.any():
                 break
@@ -380,7 +395,7 @@ class Gate:
             seen["thr"] = self.thresholds(x, t)
             return seen["thr"]
 
-        out = self.check(explainer_or_scores, x, target, per_input if self.statistic == "deletion" else None)
+        out = self.check(explainer_or_scores, x, target, per_input if self.sequential else None)
         thr = seen["thr"] if "thr" in seen else self.thresholds(x, out["target"])
         passed = out["statistic"] >= thr
         final = out["scores"].clone()

@@ -3,8 +3,9 @@
 Letters: B batch, F features, C channels, H W pixels.
 
 * Images ([B, C, H, W] in [0, 1]): :func:`invert_images` and :func:`noise_images`, out of distribution;
-  geometric ones, :func:`rotate_images` and :func:`translate_images`; other data,
-  :func:`sklearn_digits` (scikit-learn's 8x8 digits, upscaled).
+  geometric ones, :func:`rotate_images`, :func:`translate_images` and :func:`scale_images`; other
+  data, :func:`sklearn_digits` (scikit-learn's 8x8 digits, upscaled) and :func:`photo_patches`
+  (grayscale patches of scikit-learn's two sample photographs).
 * Text (lists of strings): :func:`shuffle_words` (each snippet's words in a random order) and
   :func:`replace_words` (a random share of each snippet's words swapped for other words of the
   batch), out of distribution.
@@ -47,6 +48,40 @@ def translate_images(x: torch.Tensor, dx: int = 6, dy: int = 0) -> torch.Tensor:
     xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
     out[..., yd, xd] = x[..., ys, xs]
     return out
+
+
+def scale_images(x: torch.Tensor, factor: float = 0.6) -> torch.Tensor:
+    """Each image shrunk by ``factor`` (bilinear, antialiased) and centred on a 0 background."""
+    if not 0 < factor <= 1:
+        raise ValueError(f"scale factor must be in (0, 1], got {factor}")
+    h, w = x.shape[-2:]
+    sh, sw = max(1, round(h * factor)), max(1, round(w * factor))
+    small = torch.nn.functional.interpolate(x.reshape(-1, *x.shape[-3:]), size=(sh, sw), mode="bilinear",
+                                            align_corners=False, antialias=True).clamp(0, 1)
+    out = torch.zeros_like(x)
+    top, left = (h - sh) // 2, (w - sw) // 2
+    out[..., top:top + sh, left:left + sw] = small.view(*x.shape[:-2], sh, sw)
+    return out
+
+
+def photo_patches(size: int = 28, n: int = 300, crop: int = 84, seed: int = 0) -> torch.Tensor:
+    """``n`` grayscale ``crop`` x ``crop`` patches at random places of scikit-learn's two sample photographs
+    (another kind of data entirely), downscaled to ``size`` x ``size`` and stretched to [0, 1] each:
+    [n, 1, size, size]."""
+    from sklearn.datasets import load_sample_images  # third-party, only this shift needs it
+
+    g = torch.Generator().manual_seed(seed)
+    photos = [torch.from_numpy(im.astype("float32")).mean(-1) / 255.0 for im in load_sample_images().images]
+    out = []
+    for i in range(n):
+        ph = photos[i % len(photos)]
+        r = int(torch.randint(0, ph.shape[0] - crop + 1, (1,), generator=g))
+        c = int(torch.randint(0, ph.shape[1] - crop + 1, (1,), generator=g))
+        out.append(ph[r:r + crop, c:c + crop])
+    x = torch.nn.functional.interpolate(torch.stack(out)[:, None], size=(size, size), mode="bilinear",
+                                        align_corners=False, antialias=True)
+    lo, hi = x.amin((1, 2, 3), keepdim=True), x.amax((1, 2, 3), keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(1e-6)
 
 
 def sklearn_digits(size: int = 28, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

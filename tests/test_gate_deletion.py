@@ -70,6 +70,27 @@ def test_sequential_check_decides_as_the_full_check_with_fewer_queries():
     assert gate.check(s, x, target=1, thresholds=-1.0)["queries"].tolist() == [1] * 300
 
 
+def test_relative_deletion_is_the_area_as_a_share_of_the_prediction_and_sequential():
+    bb, masker = linear_target(), PatchMasker((7, 7), (1, 28, 28))
+    s, x = linear_world(300, 0)
+    fr = (0.1, 0.2, 0.3, 0.5, 1.0)
+    absolute = Gate(bb, masker, statistic="deletion", fractions=fr, fallback=None).check(s, x, target=1)
+    gate = Gate(bb, masker, statistic="relative_deletion", fractions=fr, fallback=None)
+    assert gate.sequential and gate.queries_per_input == 6
+    rel = gate.check(s, x, target=1)
+    assert torch.allclose(rel["statistic"], absolute["statistic"] / absolute["p_full"], atol=1e-6)
+    assert (rel["statistic"] >= -1 - 1e-6).all() and (rel["statistic"] <= 0).all()  # area <= p(y|x) * 1
+    # the two order inputs differently where p(y|x) differs: the relative one is not a rescaled copy
+    assert not torch.equal(rel["statistic"].argsort(), absolute["statistic"].argsort())
+    thr = torch.quantile(rel["statistic"], 0.3).item()
+    q0 = bb.queries
+    seq = gate.check(s, x, target=1, thresholds=thr)
+    assert torch.equal(seq["statistic"] >= thr, rel["statistic"] >= thr)  # the same decisions, fewer queries
+    assert bb.queries - q0 == int(seq["queries"].sum()) and seq["queries"].float().mean() < 6
+    with pytest.raises(ConfigError, match="increasing fractions"):
+        Gate(bb, masker, statistic="relative_deletion", fractions=(0.5, 0.1))
+
+
 def test_deletion_gate_passes_right_and_catches_shuffled_explanations():
     bb, masker = planted_blackbox(), PatchMasker((4, 4), (1, 16, 16))
 

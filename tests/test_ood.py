@@ -11,7 +11,7 @@ from fex.gate import Gate
 from fex.maskers.image import PatchMasker
 from fex.ood import (AbnormalityScore, AttributionAbnormality, GradientAbnormality, Prescreen, auroc,
                      upper_conformal_threshold, zscore_abnormality)
-from fex.shifts import rotate_images, sklearn_digits, translate_images
+from fex.shifts import photo_patches, rotate_images, scale_images, sklearn_digits, translate_images
 from helpers import PLANTED, planted_blackbox, synthetic_images
 
 F = 16
@@ -152,3 +152,12 @@ def test_new_shifts():
     assert translate_images(x, dx=-1).sum() == 0  # moved out of the frame
     xd, yd = sklearn_digits(size=28, n=10)
     assert xd.shape == (10, 1, 28, 28) and 0 <= xd.min() and xd.max() <= 1 and yd.tolist()[:3] == [0, 1, 2]
+    # scale: a uniform 10x10 image shrunk to 60% is a centred 6x6 block of the same value on 0
+    s = scale_images(torch.full((2, 1, 10, 10), 0.5), 0.6)
+    assert torch.allclose(s[:, :, 2:8, 2:8], torch.tensor(0.5)) and s.sum() == pytest.approx(2 * 36 * 0.5)
+    with pytest.raises(ValueError, match="scale factor"):
+        scale_images(x, 0)
+    p = photo_patches(size=28, n=6, seed=1)
+    assert p.shape == (6, 1, 28, 28) and torch.allclose(p.amin((1, 2, 3)), torch.tensor(0.0))
+    assert torch.allclose(p.amax((1, 2, 3)), torch.tensor(1.0)) and torch.equal(p, photo_patches(n=6, seed=1))
+    assert not torch.equal(p, photo_patches(n=6, seed=2))
