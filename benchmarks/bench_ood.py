@@ -93,7 +93,7 @@ FRESH = ("scale", "photo_patches", "linear_family")
 def gate_variants(bb: BlackBox, masker, pre: Prescreen, a) -> dict[str, tuple[Gate, bool]]:
     """The gates compared side by side: name -> (gate, routed by the prescreen). The first is the reference."""
     def make(**kw):
-        return Gate(bb, masker, alpha=a.alpha, fallback=None, **kw)
+        return Gate(bb, masker, alpha=a.alpha, fallback=None, confidence=a.confidence, **kw)
 
     fr = tuple(float(f) for f in a.deletion_fractions.split(","))
     return {"contrast (old)": (make(), False),
@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--deletion-fractions", default="0.1,0.2,0.3,0.5,1.0", help="removal sizes of the deletion gate")
     p.add_argument("--abnormal-alpha", type=float, default=0.3,
                    help="false-alarm rate spent on inputs the abnormality score flags (the others get the rest)")
+    p.add_argument("--confidence", type=float, default=None,
+                   help="training-conditional calibration: false alarms <= alpha with this probability (fex.gate)")
     p.add_argument("--parts", default="auroc,gate", help="auroc and/or gate")
     p.add_argument("--out", default=str(ROOT / "outputs/bench/ood"))
     a = p.parse_args(argv)
@@ -203,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(name, {k: round(v, 4) for k, v in aurocs[name].items()}, flush=True)
 
     res = {"checkpoint": a.checkpoint, "n_val": len(xv), "n_test": len(xt), "alpha": a.alpha, "margin": a.margin,
+           "confidence": a.confidence,
            "rate": a.rate, "deletion_steps": a.deletion_steps, "auroc": aurocs, "gate": []}
     if "gate" not in parts:
         write_json(out / "ood.json", res)
@@ -274,7 +277,7 @@ def markdown(res: dict) -> str:
         return "–" if v is None else f"{v:.2f}"
 
     gates = list(dict.fromkeys(r["gate"] for r in res["gate"]))
-    lines += ["", f"Gates at alpha={res['alpha']}, margin={res['margin']} (wrong: deletion AUC > FeatureAblation's + "
+    lines += ["", f"Gates at alpha={res['alpha']} (confidence {res.get('confidence')}), margin={res['margin']} (wrong: deletion AUC > FeatureAblation's + "
                   f"margin), calibrated on the {res['n_cal_right']} right explanations of {res['n_cal']} validation "
                   f"digits; prescreen / strata: the fex logits score (0 queries) flagging {res['rate']:.0%} in "
                   f"distribution, abnormal_alpha={res['abnormal_alpha']}; deletion fractions {res['deletion_fractions']}; "

@@ -6,7 +6,7 @@ Letters: B batch, F features, J removal sizes checked per input, C classes.
 **Per-explanation gate** (:class:`Gate`). For an input x, explained class y and feature scores s,
 the gate queries the target on x and on x without the top ``k_j = ceil(fraction_j * n)`` features
 s names (J sizes, most relevant first), and condenses the answers into a statistic T (higher:
-more trustworthy). Two statistics:
+more trustworthy). Three statistics:
 
 * ``contrast`` (``1 + 2J`` queries): also removes the k lowest-ranked features (LeRF; or k random
   ones) and compares,
@@ -33,7 +33,9 @@ The explanation **passes** when T >= threshold. The threshold is calibrated, not
 validation inputs whose explanation is *right* (deletion AUC within ``margin`` of a per-instance
 reference's, FeatureAblation by default) it is the conformal lower quantile ``T_(k)``,
 ``k = floor(alpha * (n + 1))``, so a right explanation of an exchangeable new input fails with
-probability ``k / (n + 1) <= alpha``: the stated false-alarm rate. (``reference=None`` calibrates on
+probability ``k / (n + 1) <= alpha``: the stated false-alarm rate, on average over calibration sets.
+With ``confidence=c`` the rank is lowered (training-conditional conformal, :func:`conformal_rank`) so
+that this calibration's own false-alarm rate is at most alpha with probability c. (``reference=None`` calibrates on
 all validation inputs, without reference queries: then ``P(fail) <= alpha``.) With ``abnormality=``
 (a calibrated :class:`fex.ood.Prescreen`: a zero-query abnormality score of the explanation that
 flags a share ``rate`` of in-distribution inputs) and ``abnormal_alpha``, the calibration is
@@ -53,6 +55,7 @@ its names are importable from here too.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -137,12 +140,46 @@ def deletion_area_bounds(p_full: torch.Tensor, p_top: torch.Tensor, measured: to
     return lo, hi
 
 
-def conformal_threshold(stats: torch.Tensor, alpha: float) -> float:
-    """Lower conformal quantile: fail iff T < T_(k), k = floor(alpha (n+1)); P(fail) = k/(n+1) <= alpha."""
+def binomial_sf(k: int, n: int, p: float) -> float:
+    """P(Binomial(n, p) >= k), summed in log space (exact for the n of a calibration set)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    lp, lq = math.log(p), math.log1p(-p)
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
+            for i in range(k, n + 1)]
+    m = max(logs)
+    return min(1.0, math.exp(m) * sum(math.exp(v - m) for v in logs))
+
+
+@functools.lru_cache(maxsize=256)
+def conformal_rank(n: int, alpha: float, confidence: float | None = None) -> int:
+    """The rank k of the threshold T_(k) among n calibration statistics (0: no threshold, all pass).
+
+    ``confidence=None``: ``k = floor(alpha (n+1))``, so a new input fails with probability ``k/(n+1) <= alpha``
+    on average over calibration sets. ``confidence=c`` (training-conditional, PAC): the largest k with
+    ``P(Binomial(n, alpha) >= k) >= c``. The false-alarm rate of *this* calibration, ``F(T_(k)) ~ Beta(k,
+    n-k+1)``, is then at most alpha with probability at least c over calibration sets; k is smaller,
+    so the gate catches less.
+    """
+    if confidence is None:
+        return math.floor(alpha * (n + 1))
+    k = 0
+    while k < n and binomial_sf(k + 1, n, alpha) >= confidence:
+        k += 1
+    return k
+
+
+def conformal_threshold(stats: torch.Tensor, alpha: float, confidence: float | None = None) -> float:
+    """Lower conformal quantile: fail iff T < T_(k), k = :func:`conformal_rank` (``k = floor(alpha (n+1))``
+    unless ``confidence`` is given); P(fail) = k/(n+1) <= alpha."""
     if not 0 < alpha < 1:
         raise ConfigError(f"gate alpha (false-alarm rate) must be in (0, 1), got {alpha}")
+    if confidence is not None and not 0 < confidence < 1:
+        raise ConfigError(f"gate confidence must be in (0, 1), got {confidence}")
     s = torch.sort(stats.flatten().double()).values
-    k = math.floor(alpha * (len(s) + 1))
+    k = conformal_rank(len(s), alpha, confidence)
     return -math.inf if k < 1 else float(s[k - 1])
 
 
@@ -189,6 +226,8 @@ class Gate:
             (with ``abnormal_alpha``; module docstring). Not saved in the sidecar.
         abnormal_alpha: the false-alarm rate spent on flagged inputs (``>= alpha``); None: one threshold.
         abnormal_threshold: the flagged inputs' threshold; set by :meth:`calibrate` or :meth:`load`.
+        confidence: None (the false-alarm rate is at most ``alpha`` on average over calibration sets) or
+            c in (0, 1): at most ``alpha`` for this calibration with probability c (:func:`conformal_rank`).
         prescreen: a first stage (a calibrated :class:`fex.ood.Prescreen`, or anything with
             ``flag(x, target) -> bool [B]``): :meth:`verify` checks only the flagged inputs.
             Not saved in the sidecar: pass it again after :meth:`load`.
@@ -199,7 +238,8 @@ class Gate:
                  threshold: float | None = None, alpha: float = 0.1, max_queries: int = 10,
                  fallback: str | None = "feature_ablation", fallback_kwargs: dict | None = None, seed: int = 0,
                  prescreen: Any = None, statistic: str = "contrast", abnormality: Any = None,
-                 abnormal_alpha: float | None = None, abnormal_threshold: float | None = None) -> None:
+                 abnormal_alpha: float | None = None, abnormal_threshold: float | None = None,
+                 confidence: float | None = None) -> None:
         self.fractions = tuple(float(f) for f in fractions)
         if not self.fractions or not all(0 < f <= 1 for f in self.fractions):
             raise ConfigError(f"gate fractions must be in (0, 1], got {list(self.fractions)}")
@@ -223,6 +263,9 @@ class Gate:
             per_instance(fallback, "gate fallback")
         if not 0 < alpha < 1:
             raise ConfigError(f"gate alpha (false-alarm rate) must be in (0, 1), got {alpha}")
+        if confidence is not None and not 0 < confidence < 1:
+            raise ConfigError(f"gate confidence must be in (0, 1) or None, got {confidence}")
+        self.confidence = None if confidence is None else float(confidence)
         self.blackbox = blackbox if blackbox is None or isinstance(blackbox, BlackBox) else BlackBox(blackbox)
         self.masker = masker
         self.comparator = comparator
@@ -504,18 +547,19 @@ class Gate:
         s = torch.cat(stats)
         keep = torch.cat(right) if right else torch.ones_like(s, dtype=torch.bool)
         n = int(keep.sum())
-        if math.floor(self.alpha * (n + 1)) < 1:
+        if conformal_rank(n, self.alpha, self.confidence) < 1:
             raise ConfigError(f"only {n} of {len(s)} validation explanations are right (deletion AUC within {margin} "
                               f"of {reference}'s): too few to calibrate at alpha={self.alpha}; use more inputs")
         if self.stratified:  # Mondrian: one conformal threshold per stratum of the abnormality score
             flag = torch.cat(flags)
-            self.threshold = conformal_threshold(s[keep & ~flag], self.unflagged_alpha())
-            self.abnormal_threshold = conformal_threshold(s[keep & flag], self.abnormal_alpha)
+            self.threshold = conformal_threshold(s[keep & ~flag], self.unflagged_alpha(), self.confidence)
+            self.abnormal_threshold = conformal_threshold(s[keep & flag], self.abnormal_alpha, self.confidence)
         else:
-            self.threshold = conformal_threshold(s[keep], self.alpha)
-        k = math.floor(self.alpha * (n + 1))
+            self.threshold = conformal_threshold(s[keep], self.alpha, self.confidence)
+        k = conformal_rank(n, self.alpha, self.confidence)
         q = torch.quantile(s[keep].double(), torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)).tolist()
         self.calibration = {"n": int(len(s)), "n_right": n, "alpha": self.alpha, "false_alarm_bound": k / (n + 1),
+                            "confidence": self.confidence,
                             "reference": reference, "margin": margin if reference else None, "steps": steps,
                             "queries": int(c.n), "statistic_quantiles": dict(zip(["q05", "q25", "q50", "q75", "q95"], q)),
                             "statistic_right_vs_wrong_median": [float(s[keep].median()),
@@ -530,7 +574,8 @@ class Gate:
     def settings(self) -> dict:
         return {"fractions": list(self.fractions), "comparator": self.comparator, "alpha": self.alpha,
                 "max_queries": self.max_queries, "fallback": self.fallback, "fallback_kwargs": self.fallback_kwargs,
-                "seed": self.seed, "statistic": self.statistic, "abnormal_alpha": self.abnormal_alpha}
+                "seed": self.seed, "statistic": self.statistic, "abnormal_alpha": self.abnormal_alpha,
+                "confidence": self.confidence}
 
     def save(self, checkpoint: str | os.PathLike) -> Path:
         """Write ``<checkpoint>.gate.json`` atomically (threshold, settings, checkpoint sha256)."""
@@ -568,7 +613,7 @@ class Gate:
             raise CheckpointError(f"gate calibration {side.name} is stale: it was made for checkpoint sha256 "
                                   f"{str(meta.get('checkpoint_sha256'))[:12]}, this one is {digest[:12]}; recalibrate")
         kw = {k: meta[k] for k in ("fractions", "comparator", "alpha", "max_queries", "fallback", "fallback_kwargs",
-                                   "seed", "statistic", "abnormal_alpha", "abnormal_threshold") if k in meta}
+                                   "seed", "statistic", "abnormal_alpha", "abnormal_threshold", "confidence") if k in meta}
         kw.setdefault("statistic", "contrast")  # sidecars written before the deletion statistic existed
         _check_sidecar_types(side, {"threshold": meta.get("threshold"), **kw})
         kw.update(overrides)
@@ -602,6 +647,7 @@ def _check_sidecar_types(side: Path, meta: dict) -> None:
         "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
         "statistic": (lambda v: v in STATISTICS, f"one of {list(STATISTICS)}"),
         "abnormal_alpha": (lambda v: v is None or _is_number(v), "a number or null"),
+        "confidence": (lambda v: v is None or (_is_number(v) and 0 < v < 1), "a number in (0, 1) or null"),
         "abnormal_threshold": (lambda v: v is None or _is_number(v) or v == NO_THRESHOLD,
                                f"a finite number, {NO_THRESHOLD!r} or null"),
     }

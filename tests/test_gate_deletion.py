@@ -8,8 +8,8 @@ import torch
 
 from fex.blackbox import BlackBox
 from fex.errors import CheckpointError, ConfigError
-from fex.gate import (Gate, conformal_threshold, deletion_area, deletion_area_bounds, removal_masks,
-                      removal_positions, sidecar_path)
+from fex.gate import (Gate, binomial_sf, conformal_rank, conformal_threshold, deletion_area, deletion_area_bounds,
+                      removal_masks, removal_positions, sidecar_path)
 from fex.maskers.image import PatchMasker
 from fex.module import ExplainerModule
 from fex.ood import AbnormalityScore, Prescreen
@@ -179,3 +179,51 @@ def test_sidecar_keeps_statistic_and_strata(tmp_path):
     with pytest.raises(CheckpointError, match="statistic"):
         Gate.load(ckpt)
     assert math.isfinite(gate.threshold)
+
+
+def test_binomial_tail_and_conformal_rank_by_hand():
+    # P(Bin(3, 0.5) >= 2) = (3 + 1) / 8
+    assert binomial_sf(2, 3, 0.5) == pytest.approx(0.5) and binomial_sf(0, 3, 0.5) == 1 and binomial_sf(4, 3, 0.5) == 0
+    assert binomial_sf(3, 10, 0.1) == pytest.approx(
+        1 - sum(math.comb(10, i) * 0.1 ** i * 0.9 ** (10 - i) for i in range(3)), rel=1e-12)
+    assert conformal_rank(191, 0.1) == 19  # floor(0.1 * 192)
+    k = conformal_rank(191, 0.1, confidence=0.9)  # the largest k with P(Bin(191, 0.1) >= k) >= 0.9
+    assert binomial_sf(k, 191, 0.1) >= 0.9 > binomial_sf(k + 1, 191, 0.1) and 10 <= k < 19
+    assert conformal_rank(9, 0.1, confidence=0.9) == 0  # too few: no threshold at that confidence
+    with pytest.raises(ConfigError, match="confidence"):
+        conformal_threshold(torch.rand(10), 0.1, confidence=1.5)
+
+
+def test_confident_calibration_bounds_this_calibrations_false_alarms_with_the_stated_probability():
+    # uniform statistics: the threshold T_(k) *is* this calibration's false-alarm rate
+    g = torch.Generator().manual_seed(0)
+    cal = torch.rand(4000, 200, generator=g)
+    plain = torch.tensor([conformal_threshold(c, 0.1) for c in cal])
+    pac = torch.tensor([conformal_threshold(c, 0.1, confidence=0.9) for c in cal])
+    assert abs(plain.mean().item() - 20 / 201) < 0.003  # on average alpha (k/(n+1))...
+    assert 0.35 < (plain > 0.1).float().mean().item() < 0.6  # ...but above it for nearly half the calibrations
+    assert (pac > 0.1).float().mean().item() < 0.1 + 0.015  # at most 1 - confidence of them
+    assert (pac <= plain).all()
+
+
+def test_sidecar_keeps_confidence_and_refuses_a_bad_one(tmp_path):
+    bb = BlackBox(LinearPatchTarget(), num_classes=2)
+    ckpt = make_checkpoint(tmp_path / "explainer.ckpt", bb)
+    explainer = ExplainerModule.from_checkpoint(ckpt, target=bb)
+    x = torch.rand(120, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ConfigError, match="confidence"):
+        Gate(statistic="deletion", confidence=1.0)
+    gate = Gate(statistic="deletion", fallback=None, confidence=0.9)
+    gate.calibrate(explainer, x, alpha=0.2, reference=None)
+    plain = Gate(statistic="deletion", fallback=None)
+    plain.calibrate(explainer, x, alpha=0.2, reference=None)
+    assert gate.threshold <= plain.threshold and gate.calibration["confidence"] == 0.9
+    gate.save(ckpt)
+    back = Gate.load(ckpt)
+    assert (back.confidence, back.threshold) == (0.9, gate.threshold)
+    side = sidecar_path(ckpt)
+    meta = json.loads(side.read_text())
+    meta["confidence"] = 2
+    side.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="confidence"):
+        Gate.load(ckpt)

@@ -105,7 +105,7 @@ def ms_per_batch(model: Any, texts: Sequence[str], repeats: int = 5) -> float:
 
 
 def distill_text_proxy(teacher: Any, train_texts: Sequence[str], test_texts: Sequence[str], path: str | os.PathLike,
-                       teacher_output: str = "logits", base: str | None = None, masked_copies: int = 3,
+                       teacher_output: str = "logits", base: str | None = None, masked_copies: int = 2,
                        mask_mode: str = "mask_token", mask_token: str | None = None, hidden: int = 256,
                        epochs: int = 20, lr: float = 1e-3, batch_size: int = 256, max_length: int = 64,
                        seed: int = 0, teacher_max_batch_size: int = 256, record: dict | None = None) -> BagOfEmbeddings:
@@ -184,7 +184,7 @@ def _settings(seed: int, teacher: dict | None, masked_copies: int, mask_mode: st
                         "batch_size": batch_size, "max_length": max_length, "version": VERSION}
 
 
-def minilm_proxy(cache_dir: str | None = None, seed: int = 0, teacher: dict | None = None, masked_copies: int = 3,
+def minilm_proxy(cache_dir: str | None = None, seed: int = 0, teacher: dict | None = None, masked_copies: int = 2,
                  mask_mode: str = "mask_token", mask_token: str | None = None, hidden: int = 256, epochs: int = 20,
                  lr: float = 1e-3, batch_size: int = 256, max_length: int = 64, retrain: bool = False) -> BagOfEmbeddings:
     """A :class:`BagOfEmbeddings` distilled from ``minilm_sentiment(**teacher)``, cached and reused.
