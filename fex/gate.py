@@ -549,7 +549,8 @@ class Gate:
         n = int(keep.sum())
         if conformal_rank(n, self.alpha, self.confidence) < 1:
             raise ConfigError(f"only {n} of {len(s)} validation explanations are right (deletion AUC within {margin} "
-                              f"of {reference}'s): too few to calibrate at alpha={self.alpha}; use more inputs")
+                              f"of {reference}'s): too few to calibrate at alpha={self.alpha}"
+                              + (f" with confidence {self.confidence}" if self.confidence else "") + "; use more inputs")
         if self.stratified:  # Mondrian: one conformal threshold per stratum of the abnormality score
             flag = torch.cat(flags)
             self.threshold = conformal_threshold(s[keep & ~flag], self.unflagged_alpha(), self.confidence)

@@ -214,6 +214,9 @@ def test_sidecar_keeps_confidence_and_refuses_a_bad_one(tmp_path):
     with pytest.raises(ConfigError, match="confidence"):
         Gate(statistic="deletion", confidence=1.0)
     gate = Gate(statistic="deletion", fallback=None, confidence=0.9)
+    with pytest.raises(ConfigError, match="too few to calibrate at alpha=0.1 with confidence 0.9"):
+        gate.calibrate(explainer, x[:15], alpha=0.1, reference=None)  # P(Bin(15, 0.1) >= 1) = 0.79 < 0.9
+    Gate(statistic="deletion", fallback=None).calibrate(explainer, x[:15], alpha=0.1, reference=None)  # k = 1
     gate.calibrate(explainer, x, alpha=0.2, reference=None)
     plain = Gate(statistic="deletion", fallback=None)
     plain.calibrate(explainer, x, alpha=0.2, reference=None)
