@@ -49,7 +49,7 @@ from fex import metrics as M  # noqa: E402
 from fex.methods.baselines import FeatureAblation  # noqa: E402
 from fex.bench import load  # noqa: E402
 from fex.blackbox import BlackBox  # noqa: E402
-from fex.gate import Gate  # noqa: E402
+from fex.gate import Gate, Screen  # noqa: E402
 from fex.io import write_json, write_text  # noqa: E402
 from fex.ood import AttributionAbnormality, GradientAbnormality, Prescreen, auroc  # noqa: E402
 from fex.shifts import (PermutedExplainer, invert_images, noise_images, photo_patches, rotate_images,  # noqa: E402
@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> dict:
                    help="false-alarm rate spent on inputs the abnormality score flags (the others get the rest)")
     p.add_argument("--confidence", type=float, default=None,
                    help="training-conditional calibration: false alarms <= alpha with this probability (fex.gate)")
+    p.add_argument("--screen", action="store_true",
+                   help="also run the task-level screen (fex.screen.Screen: deletion fidelity >= 0.9 x FeatureAblation's, "
+                        "alpha 0.05, <= 50 inputs) on every scenario's explainer, target and inputs")
     p.add_argument("--parts", default="auroc,gate", help="auroc and/or gate")
     p.add_argument("--out", default=str(ROOT / "outputs/bench/ood"))
     a = p.parse_args(argv)
@@ -238,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     scenarios = [("in_distribution", explainer, bb, xt), *[(k, explainer, bb, v) for k, v in shifts.items()],
                  ("corrupted", PermutedExplainer(explainer), bb, xt), ("other_family", explainer, mlp_bb, xt),
                  ("linear_family", explainer, lin_bb, xt)]
-    rows, per_input = [], {}
+    rows, per_input, screens = [], {}, {}
     nf = int(masker.num_features(xt))
     for name, e, b, x in scenarios:
         lab = labelled(e, b, x, a.margin, a.deletion_steps)
@@ -249,10 +252,16 @@ def main(argv: list[str] | None = None) -> dict:
             per_input[name][gname] = o
             rows.append(rates(name, gname, lab, o, nf))
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+        if a.screen:
+            sr = Screen(b, masker, ratio=0.9, alpha=0.05, max_inputs=50, steps=a.deletion_steps).run(e, x)
+            screens[name] = {k: sr[k] for k in ("decision", "n", "queries", "fidelity", "reference_fidelity",
+                                                "ratio_estimate")}
+            screens[name]["wrong_share"] = float(lab["wrong"].float().mean())
+            print("screen", name, screens[name], flush=True)
     torch.save(per_input, out / "gate_per_input.pt")
     res.update({"prescreen_threshold": pre.threshold, "mlp_test_accuracy": mlp_acc, "linear_test_accuracy": lin_acc, "calibration": calib,
                 "n_cal": len(x_cal), "n_cal_right": int(right.sum()), "abnormal_alpha": a.abnormal_alpha,
-                "deletion_fractions": a.deletion_fractions, "gate": rows})
+                "deletion_fractions": a.deletion_fractions, "gate": rows, "screen": screens})
     write_json(out / "ood.json", res)
     write_text(out / "ood.md", markdown(res))
     print(markdown(res))
@@ -307,6 +316,14 @@ def markdown(res: dict) -> str:
         i = by[("in_distribution", g)]
         lines.append(f"| {g} | " + " | ".join(f(v) for v in c + cf) + f" | {ok} of {len(held)} | {okf} of {len(fresh)} "
                      f"| {f(i['false_alarms'])} | {i['check_queries_per_input']:.2f} |")
+    if res.get("screen"):
+        lines += ["", "Task-level screen per scenario (deletion fidelity >= 0.9 x FeatureAblation's, alpha 0.05, at most 50 "
+                      "inputs, anytime-valid): decision, inputs used, target queries, estimated fidelity ratio, and the "
+                      "scenario's share of wrong explanations (of all its test inputs):", "",
+                  "| scenario | decision | inputs | queries | fidelity ratio | wrong share |", "|---|---|---|---|---|---|"]
+        for name, r in res["screen"].items():
+            lines.append(f"| {name} | {r['decision']} | {r['n']} | {r['queries']} | {r['ratio_estimate']:.3f} | "
+                         f"{r['wrong_share']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
