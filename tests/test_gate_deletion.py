@@ -2,6 +2,7 @@
 (fex.gate): hand-computed areas, exact early stopping, calibrated false-alarm rates."""
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from fex.gate import (Gate, binomial_sf, conformal_rank, conformal_threshold, de
 from fex.maskers.image import PatchMasker
 from fex.module import ExplainerModule
 from fex.ood import AbnormalityScore, Prescreen
+from fex.serve.engine import gate_verdicts
+from fex.serve.loading import load_gate
 from helpers import PLANTED, planted_blackbox, synthetic_images
 from synth import LinearPatchTarget, make_checkpoint
 
@@ -230,3 +233,28 @@ def test_sidecar_keeps_confidence_and_refuses_a_bad_one(tmp_path):
     side.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="confidence"):
         Gate.load(ckpt)
+
+
+def test_served_verdicts_use_the_sequential_check_and_a_stratified_gate_is_not_served(tmp_path):
+    bb = BlackBox(LinearPatchTarget(), num_classes=2)
+    ckpt = make_checkpoint(tmp_path / "explainer.ckpt", bb)
+    explainer = ExplainerModule.from_checkpoint(ckpt, target=bb)
+    x = torch.rand(80, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    gate = Gate(statistic="relative_deletion", fallback=None)
+    gate.calibrate(explainer, x[:60], alpha=0.2, reference=None)
+    gate.save(ckpt)
+    served = load_gate(ckpt, explainer, "on")
+    out = explainer.explain(x[60:])
+    q0 = bb.queries
+    verdicts = gate_verdicts(SimpleNamespace(gate=served), x[60:], out)
+    assert bb.queries - q0 == sum(v["queries"] for v in verdicts) < 20 * 6  # sequential: fewer than the full check
+    full = served.check(out["scores"], x[60:], out["target"])["statistic"]
+    assert [v["passed"] for v in verdicts] == (full >= gate.threshold).tolist()  # the full check's decisions
+    pre = Prescreen(PixelMean(), rate=0.2)
+    pre.calibrate(torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(9)))
+    strata = Gate(statistic="deletion", fallback=None, abnormality=pre, abnormal_alpha=0.3)
+    strata.calibrate(explainer, x, alpha=0.2, reference=None)
+    strata.save(ckpt)
+    with pytest.raises(ConfigError, match="abnormality strata"):
+        load_gate(ckpt, explainer, "on")
+    assert load_gate(ckpt, explainer, "auto") is None

@@ -55,8 +55,12 @@ class StubGate:
     """Passes an explanation iff its top feature's score is >= 0.5 (a stand-in for fex.gate.Gate)."""
 
     threshold = 0.5
+    sequential = False
 
-    def check(self, scores, x, target):
+    def thresholds(self, x, target):
+        return torch.full((len(target),), self.threshold)
+
+    def check(self, scores, x, target, thresholds=None):
         b = scores.shape[0]
         return {"statistic": scores.max(1).values, "queries": torch.full((b,), 7)}
 

@@ -41,20 +41,21 @@ class ItemError:
 def gate_verdicts(engine: "Engine", x: Any, out: dict) -> list[dict] | None:
     """The trust gate's verdict per input (``fex.gate``, calibrated for this checkpoint), else None.
 
-    The gate spends its own black-box queries (``1 + 2J`` per input, batched); they are reported in
-    the verdict, not in the explanation's ``queries``. A verdict: ``passed``, ``statistic``,
-    ``threshold``, ``queries``."""
+    The gate spends its own black-box queries (``1 + 2J`` per input for the contrast statistic, at most
+    ``1 + J`` for the deletion ones, which stop as soon as the verdict is certain); they are reported in
+    the verdict, not in the explanation's ``queries``. A verdict: ``passed``, ``statistic`` (for a
+    deletion statistic that stopped early, the bound that decided it), ``threshold``, ``queries``."""
     gate = engine.gate
     if gate is None:
         return None
     try:
-        chk = gate.check(out["scores"], x, out["target"])
+        thr = gate.thresholds(x, out["target"])  # [B]
+        chk = gate.check(out["scores"], x, out["target"], thr if gate.sequential else None)
     except FexError as exc:
         log.warning("trust gate failed: %s", exc)
         return None
-    thr = float(gate.threshold)
-    return [{"passed": bool(float(s) >= thr), "statistic": round(float(s), 5), "threshold": round(thr, 5),
-             "queries": int(q)} for s, q in zip(chk["statistic"], chk["queries"])]
+    return [{"passed": bool(float(s) >= float(t)), "statistic": round(float(s), 5), "threshold": round(float(t), 5),
+             "queries": int(q)} for s, t, q in zip(chk["statistic"], thr, chk["queries"])]
 
 
 def _floats(t: torch.Tensor, digits: int = 6) -> list:

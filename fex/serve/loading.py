@@ -65,7 +65,12 @@ def load_gate(path: str | os.PathLike, explainer: Any, mode: Any = "auto") -> An
     if mode == "off":
         return None
     try:
-        return Gate.load(os.path.expanduser(str(path)), blackbox=explainer.blackbox, masker=explainer.masker)
+        gate = Gate.load(os.path.expanduser(str(path)), blackbox=explainer.blackbox, masker=explainer.masker)
+        if gate.stratified:  # its per-input thresholds need the abnormality score, which no sidecar holds
+            raise ConfigError("the gate calibration of this checkpoint has abnormality strata (abnormal_alpha), "
+                              "which need the calibrated abnormality score: the server cannot apply it; "
+                              "calibrate a gate without abnormality= for serving")
+        return gate
     except FexError as exc:
         if mode == "on":
             raise
