@@ -45,6 +45,19 @@ TARGETS = {"comprehensiveness": (">=", 1.0), "deletion_auc": ("<=", 0.95), "inse
            "throughput": (">=", 100.0)}
 
 
+class SeedEnsemble(Fex):
+    """The mean of several explainers' scores for the same class (their read-outs share units)."""
+
+    name = "fex_ensemble"
+
+    def __init__(self, blackbox, explainers: list) -> None:
+        super().__init__(blackbox, explainer=explainers[0])
+        self.members = [Fex(blackbox, explainer=e) for e in explainers]
+
+    def attribute(self, x, target) -> torch.Tensor:
+        return torch.stack([m.attribute(x, target) for m in self.members]).mean(0)
+
+
 def parse_checkpoints(items: list[str]) -> dict[str, list[str]]:
     """``[PATH | NAME=PATH, ...]`` -> {name: [paths]} (unnamed paths are seeds of ``fex``)."""
     out: dict[str, list[str]] = {}
@@ -77,6 +90,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--methods", default=BASELINES, help="per-instance methods (comma list of conf/method names)")
     p.add_argument("--out", default=str(ROOT / "outputs/bench/text"))
     p.add_argument("--quick", action="store_true", help="8 snippets, tiny budgets: check that it runs")
+    p.add_argument("--ensemble", action="store_true",
+                   help="add a row per multi-seed explainer that averages its seeds' scores (a diagnostic: each seed "
+                        "runs its own forward pass, so it costs the seeds' time together)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of conf/evaluate.yaml")
     a = p.parse_args(argv)
     if a.quick:
@@ -85,7 +101,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     first = next(iter(ckpts.values()))[0]
     methods = [m for m in a.methods.split(",") if m]
     oracle = "banzhaf" in methods
-    layers = [TEXT_BANZHAF if oracle else [], (QUICK + (QUICK_BANZHAF if oracle else [])) if a.quick else [],
+    quick = [o for o in QUICK if not o.startswith("method.") or o.split(".")[1] in methods]  # only the methods run
+    layers = [TEXT_BANZHAF if oracle else [], (quick + (QUICK_BANZHAF if oracle else [])) if a.quick else [],
               list(a.overrides)]
     over = list({o.split("=")[0]: o for layer in layers for o in layer}.values())  # later layers win
     cfg, bb, explainer, ds = load(first, ",".join(methods) or "fex", over)
@@ -103,6 +120,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             members.setdefault(name, []).append(row)
             runs[row] = (lambda path=path: Fex(bb, explainer=load_explainer(
                 path, target=bb, allow_target_mismatch=bool(cfg.allow_target_mismatch))))
+    if a.ensemble:  # one more row per multi-seed explainer: the mean of its seeds' scores (reward units)
+        for name, paths in ckpts.items():
+            if len(paths) > 1:
+                runs[f"{name}[ensemble of {len(paths)}]"] = (lambda paths=paths: SeedEnsemble(bb, [
+                    load_explainer(q, target=bb, allow_target_mismatch=bool(cfg.allow_target_mismatch)) for q in paths]))
     runs.update({k: v for k, v in build_methods(cfg, bb, explainer).items() if k != "fex"})
 
     pos = [i for i, t in enumerate(ds.texts) if len(t.split()) >= 2][: a.n]
