@@ -77,7 +77,7 @@ class TextPolicyGraph(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
         tokens, _ = self.policy.backbone({"input_ids": input_ids, "attention_mask": attention_mask})  # [B, L, D]
-        logits = self.policy.actor(pool_words(tokens, word_ids, self.max_words, "mean"))  # [B, F, C]
+        logits = self.policy.actor_logits(pool_words(tokens, word_ids, self.max_words, "mean"))  # [B, F, C]
         n_words = word_ids.max(1).values + 1  # [B]
         valid = torch.arange(self.max_words, device=word_ids.device)[None, :] < n_words[:, None]
         return _all_classes(self._read_out, logits, valid)

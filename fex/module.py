@@ -25,7 +25,7 @@ from fex.blackbox import BlackBox, check_num_classes, fingerprints_match
 from fex.checkpoint import (BANK_KEY, CKPT_KEY, assemble, build_component, check_features, checkpoint_meta,
                             read_checkpoint)
 from fex.cost import PeakMemory
-from fex.errors import CheckpointError, InputError, TargetMismatchError
+from fex.errors import CheckpointError, ConfigError, InputError, TargetMismatchError
 from fex.inputs import class_index
 from fex.maskers.base import Masker
 from fex.metrics import deletion_auc, insertion_auc
@@ -55,6 +55,10 @@ class ExplainerModule(pl.LightningModule):
         self.policy = policy
         self.masker = masker
         self.objective = objective or obj.FexObjective()
+        if int(getattr(policy, "heads", 1)) > 1 and self.objective.estimator in ("ppo", "reinforce"):
+            raise ConfigError(f"policy heads={policy.heads} needs objective.estimator=regression or fastshap: "
+                              f"{self.objective.estimator}'s gradient assumes each head sampled the masks itself, "
+                              "and the heads share one rollout")
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
         self.config = dict(config or {})
         self.val_auc_examples = int(val_auc_examples)
@@ -275,8 +279,13 @@ class ExplainerModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0]
         bb = self._bb()
+        heads = int(getattr(self.policy, "heads", 1))
         with bb.counting() as spent:
-            logits, values = self(x)
+            if heads > 1:  # one rollout (from the heads' mean) that every head fits on its own
+                head_logits, head_values = self.policy.forward_heads(x, self.masker)
+                logits, values = head_logits.mean(0), head_values.mean(0)
+            else:
+                logits, values = self(x)
             if self.objective.query_budget:
                 roll, p_full = self._banked_rollout(x, batch, logits, values)
             else:
@@ -285,9 +294,15 @@ class ExplainerModule(pl.LightningModule):
         opt = self.optimizers()
         old_logp = None
         for epoch in range(self.objective.ppo_epochs if self.objective.estimator == "ppo" else 1):
-            # the first update reuses the rollout's forward pass (it has grad)
-            reuse = {"logits": logits, "values": values} if epoch == 0 else {}
-            loss, parts, old_logp = self._losses(x, roll, p_full, old_logp, **reuse)
+            if heads > 1:  # the sum of the heads' losses: each head's gradient is its own loss's
+                per_head = [self._losses(x, roll, p_full, None, logits=head_logits[h], values=head_values[h])
+                            for h in range(heads)]
+                loss = torch.stack([lh for lh, _, _ in per_head]).sum()
+                parts = {k: torch.stack([ph[k] for _, ph, _ in per_head]).mean() for k in per_head[0][1]}
+            else:
+                # the first update reuses the rollout's forward pass (it has grad)
+                reuse = {"logits": logits, "values": values} if epoch == 0 else {}
+                loss, parts, old_logp = self._losses(x, roll, p_full, old_logp, **reuse)
             opt.zero_grad()
             self.manual_backward(loss)
             opt.step()

@@ -35,7 +35,7 @@ def synthetic_images(n: int, seed: int, size: int = 16) -> torch.Tensor:
 
 
 def small_explainer(num_classes: int = 2, grid=(4, 4), size: int = 16, objective: FexObjective | None = None,
-                    blackbox=None, lr: float = 3e-3, seed: int | None = None) -> ExplainerModule:
+                    blackbox=None, lr: float = 3e-3, seed: int | None = None, heads: int = 1) -> ExplainerModule:
     """A small conv explainer over a grid of patches, built the one way explainers are built.
     Its initial weights come from ``seed`` (None: the global RNG), not from whichever tests ran before."""
     if seed is not None:
@@ -45,7 +45,7 @@ def small_explainer(num_classes: int = 2, grid=(4, 4), size: int = 16, objective
     cfg = {"masker": {"_target_": "fex.maskers.image.PatchMasker", "grid": list(grid), "input_shape": [1, size, size],
                       "baseline": "zeros", "fill": None, "blur_sigma": 2.0},
            "policy": {"_target_": "fex.policy.Policy", "num_classes": num_classes, "hidden": 32, "init_bias": 0.0,
-                      "backbone": backbone},
+                      "backbone": backbone, **({"heads": heads} if heads != 1 else {})},
            "objective": (objective or FexObjective()).as_dict(),
            "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": lr},
            "num_classes": num_classes, "val_auc_examples": 0}

@@ -4,6 +4,11 @@ A backbone maps inputs to per-element embeddings (pixels, tokens) and a global
 embedding; the masker pools element embeddings into per-feature embeddings [B, F, D];
 the actor gives one logit per feature per class [B, F, C] and the critic a value per
 class [B, C]. The Bernoulli mean ``sigmoid(logits[:, :, c])`` is the attribution for class c.
+
+With ``heads=H > 1`` the policy is an ensemble that shares the backbone's expensive part: H actor/critic
+pairs, each trained on its own loss (``forward_heads``), whose logits are averaged (``forward``). A backbone
+with ``branches == H`` (e.g. the text encoder's per-head adapters) gives each head its own D channels of a
+[.., H*D] embedding; a backbone with one branch gives all heads the same features.
 """
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from fex.errors import ConfigError
 
 
 def mlp(d_in: int, hidden: int, d_out: int, layers: int = 2) -> nn.Sequential:
@@ -27,24 +34,43 @@ class Policy(nn.Module):
     """Actor-critic policy over features.
 
     Args:
-        backbone: module with ``out_dim`` whose forward returns (element features, global [B, D]).
+        backbone: module with ``out_dim`` whose forward returns (element features, global [B, D]); with an
+            attribute ``branches`` > 1, both have ``branches * out_dim`` channels, one block per head.
         num_classes: C, the target's number of classes.
         hidden: width of the actor and critic MLPs.
         init_bias: initial actor bias; sigmoid(init_bias) is the starting keep-probability.
+        heads: H actor/critic pairs trained independently on the same rollouts; the policy's logits are
+            their mean (a one-pass ensemble; 1 = a single policy).
     """
 
     registry_group = "policy"  # fex.registry.register(MyPolicy) infers the group
 
-    def __init__(self, backbone: nn.Module, num_classes: int, hidden: int = 128, init_bias: float = 0.0) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, hidden: int = 128, init_bias: float = 0.0,
+                 heads: int = 1) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if int(heads) < 1:
+            raise ConfigError(f"policy heads must be >= 1, got {heads}")
+        branches = int(getattr(backbone, "branches", 1))
+        if branches not in (1, int(heads)):
+            raise ConfigError(f"the backbone has {branches} branches but the policy {heads} heads: give the "
+                              f"backbone branches=1 (all heads share its features) or branches={heads}")
         self.backbone = backbone
         self.num_classes = int(num_classes)
+        self.heads = int(heads)
+        self.branches = branches
         d = int(backbone.out_dim)
-        self.actor = mlp(d, hidden, num_classes)
-        self.critic = mlp(d, hidden, num_classes)
-        nn.init.constant_(self.actor[-1].bias, float(init_bias))
+        if self.heads == 1:  # the single policy keeps its parameter names (actor.0.weight, ...)
+            self.actor = mlp(d, hidden, num_classes)
+            self.critic = mlp(d, hidden, num_classes)
+            last = [self.actor[-1]]
+        else:
+            self.actor = nn.ModuleList(mlp(d, hidden, num_classes) for _ in range(self.heads))
+            self.critic = nn.ModuleList(mlp(d, hidden, num_classes) for _ in range(self.heads))
+            last = [a[-1] for a in self.actor]
+        for layer in last:
+            nn.init.constant_(layer.bias, float(init_bias))
 
     def param_groups(self) -> list[dict]:
         """The trainable parameters as optimizer groups: a backbone with ``lr_scaled_parameters()``
@@ -60,8 +86,35 @@ class Policy(nn.Module):
         rest = [q for q in self.parameters() if q.requires_grad and id(q) not in taken]
         return [{"params": rest, "lr_scale": 1.0}] + scaled
 
-    def forward(self, x: Any, masker: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> logits [B, F, C], values [B, C]."""
+    def _split(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """A backbone output [..., branches * D] -> one [..., D] block per head."""
+        return list(t.chunk(self.heads, -1)) if self.branches > 1 else [t] * self.heads
+
+    def head_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Pooled per-feature embeddings [B, F, branches * D] -> every head's logits [H, B, F, C]."""
+        if self.heads == 1:
+            return self.actor(feats).unsqueeze(0)
+        return torch.stack([a(f) for a, f in zip(self.actor, self._split(feats))])
+
+    def head_values(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Global embeddings [B, branches * D] -> every head's values [H, B, C]."""
+        if self.heads == 1:
+            return self.critic(pooled).unsqueeze(0)
+        return torch.stack([c(g) for c, g in zip(self.critic, self._split(pooled))])
+
+    def actor_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Pooled per-feature embeddings -> the policy's logits [B, F, C] (the heads' mean)."""
+        return self.actor(feats) if self.heads == 1 else self.head_logits(feats).mean(0)
+
+    def forward_heads(self, x: Any, masker: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> every head's logits [H, B, F, C] and values [H, B, C] (what training fits, head by head)."""
         elements, pooled = self.backbone(x)
-        feats = masker.pool(elements, x)  # [B, F, D]
-        return self.actor(feats), self.critic(pooled)
+        return self.head_logits(masker.pool(elements, x)), self.head_values(pooled)
+
+    def forward(self, x: Any, masker: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> logits [B, F, C], values [B, C] (with several heads: their means)."""
+        if self.heads == 1:
+            elements, pooled = self.backbone(x)
+            return self.actor(masker.pool(elements, x)), self.critic(pooled)
+        logits, values = self.forward_heads(x, masker)
+        return logits.mean(0), values.mean(0)

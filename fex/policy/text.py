@@ -21,6 +21,21 @@ from fex.errors import ConfigError
 from fex.maskers.text import load_tokenizer, resolve_model_path
 
 
+class BranchLayerNorm(nn.Module):
+    """LayerNorm over each of ``branches`` blocks of ``dim`` channels, with its own affine parameters per
+    block: [..., branches * dim] -> same shape (``branches=1`` is ``nn.LayerNorm(dim)``, same parameters)."""
+
+    def __init__(self, branches: int, dim: int) -> None:
+        super().__init__()
+        self.branches, self.dim = int(branches), int(dim)
+        self.weight = nn.Parameter(torch.ones(self.branches * self.dim))
+        self.bias = nn.Parameter(torch.zeros(self.branches * self.dim))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        n = torch.nn.functional.layer_norm(h.unflatten(-1, (self.branches, self.dim)), (self.dim,))
+        return n.flatten(-2) * self.weight + self.bias
+
+
 def _masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.unsqueeze(-1).to(h.dtype)
     return (h * m).sum(1) / m.sum(1).clamp_min(1)
@@ -51,10 +66,13 @@ class TextEncoderBackbone(nn.Module):
             all). A smaller, faster policy from the same pretrained weights (``policy=text_small``).
         encoder_lr_scale: learning-rate multiplier of the fine-tuned encoder layers (pretrained weights
             usually want a smaller step than the freshly initialised adapter and heads).
+        branches: independent adapters over the one encoder pass, for a policy with as many ``heads``
+            (:class:`fex.policy.Policy`): the outputs have ``branches * out_dim`` channels, one block each.
     """
 
     def __init__(self, path: str | None = None, freeze: bool = True, train_last_n_layers: int = 0,
-                 out_dim: int | None = 256, num_layers: int | None = None, encoder_lr_scale: float = 1.0) -> None:
+                 out_dim: int | None = 256, num_layers: int | None = None, encoder_lr_scale: float = 1.0,
+                 branches: int = 1) -> None:
         super().__init__()
         from transformers import AutoModel
 
@@ -80,8 +98,13 @@ class TextEncoderBackbone(nn.Module):
                     for q in layer.parameters():
                         q.requires_grad_(True)
         self._frozen = {n for n, q in self.encoder.named_parameters() if not q.requires_grad}
-        self.adapter = nn.Sequential(nn.Linear(hidden, self.out_dim), nn.GELU(), nn.LayerNorm(self.out_dim))
-        self.global_proj = nn.Linear(hidden, self.out_dim)
+        if int(branches) < 1:
+            raise ConfigError(f"backbone branches must be >= 1, got {branches}")
+        self.branches = int(branches)
+        width = self.branches * self.out_dim
+        norm = nn.LayerNorm(self.out_dim) if self.branches == 1 else BranchLayerNorm(self.branches, self.out_dim)
+        self.adapter = nn.Sequential(nn.Linear(hidden, width), nn.GELU(), norm)
+        self.global_proj = nn.Linear(hidden, width)
 
     def lr_scaled_parameters(self) -> tuple[list[nn.Parameter], float]:
         """The encoder's trainable (fine-tuned) parameters and their learning-rate multiplier."""
@@ -98,6 +121,7 @@ class TextEncoderBackbone(nn.Module):
         return self
 
     def forward(self, x: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> token features [B, L, branches * out_dim], pooled [B, branches * out_dim]."""
         ids, am = x["input_ids"], x["attention_mask"]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.fully_frozen):
             h = self.encoder(input_ids=ids, attention_mask=am).last_hidden_state  # [B, L, H]
