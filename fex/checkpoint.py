@@ -22,6 +22,7 @@ becomes an object, through the allowlist of :mod:`fex.registry`.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -29,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fex.errors import CheckpointError
-from fex.registry import check_metadata, safe_build
+from fex.registry import check_metadata, lookup, safe_build
 from fex.version import __version__
 
 CKPT_KEY = "fex"
@@ -46,6 +47,18 @@ def build_component(group: str, cfg: dict, **kwargs: Any) -> Any:
     :mod:`fex.registry` (never ``hydra.utils.instantiate``): a checkpoint is data. Your own
     masker/backbone/policy class needs ``fex.registry.register(MyClass)`` first."""
     return safe_build(group, cfg, **kwargs)
+
+
+def effective_config(group: str, cfg: dict) -> dict:
+    """A stored config of ``group`` with its class's defaults filled in (a checkpoint written by an older
+    fex lacks the keys added since), nested ``backbone`` included: two configs that build the same
+    object compare equal."""
+    params = inspect.signature(lookup(group, cfg.get("_target_"))).parameters
+    out = {k: q.default for k, q in params.items() if q.default is not inspect.Parameter.empty}
+    out.update(cfg)
+    if isinstance(out.get("backbone"), dict):
+        out["backbone"] = effective_config("backbone", out["backbone"])
+    return out
 
 
 def assemble(config: dict) -> tuple[Any, Any, Any]:

@@ -1,9 +1,11 @@
-"""Console commands (pyproject ``[project.scripts]``): ``fex-train``, ``fex-evaluate``, ``fex-explain``, ``fex-tda``.
+"""Console commands (pyproject ``[project.scripts]``): ``fex-train``, ``fex-evaluate``, ``fex-explain``, ``fex-tda``,
+``fex-merge``.
 
 Each is a ``@hydra.main`` app over the config tree that ships with the package (``conf/`` in a
 checkout, ``fex/conf`` when installed), so they run the same configs from any directory, take
 Hydra overrides (``group=option key=value``, ``-m`` sweeps) and list the config groups with
-``--help``. The repo-root ``train.py`` / ``evaluate.py`` shims call the same functions.
+``--help``. The repo-root ``train.py`` / ``evaluate.py`` shims call the same functions. ``fex-merge OUT IN IN ...``
+(argparse, no config tree) writes one multi-head explainer of several (:func:`fex.explainer.merge_explainers`).
 Errors end with one line ``error: ...`` and exit code 2.
 """
 from __future__ import annotations
@@ -12,10 +14,14 @@ import os
 import sys
 from typing import Any, Callable
 
+import argparse
+
 import hydra
 from omegaconf import DictConfig
 
 from fex.config import conf_dir
+from fex.errors import FexError
+from fex.explainer import merge_explainers
 from fex.launch import precheck, run
 from fex.tasks.evaluate import evaluate
 from fex.tasks.explain import explain
@@ -90,4 +96,21 @@ def explain_main(argv: list[str] | None = None) -> int:
     finally:
         sys.argv = saved
         GlobalHydra.instance().clear()
+    return 0
+
+
+def merge_main(argv: list[str] | None = None) -> int:
+    """``fex-merge OUT.ckpt A.ckpt B.ckpt ...``: one explainer whose heads are A's, B's, ... (training seeds of
+    one recipe): their mean scores at about one explainer's cost. Errors: one line, exit code 2."""
+    p = argparse.ArgumentParser(prog="fex-merge", description=merge_main.__doc__.split(":")[0])
+    p.add_argument("out", help="the merged explainer checkpoint to write")
+    p.add_argument("members", nargs="+", help="explainer checkpoints (explainer.ckpt) of the same recipe and target")
+    a = p.parse_args(argv)
+    try:
+        module = merge_explainers(a.members, out=a.out)
+    except FexError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"fex-merge: {a.out}: {module.policy.heads} heads from {len(a.members)} explainers "
+          f"({module._train_queries:,} training queries in all)")
     return 0

@@ -3,7 +3,7 @@
 ``build_explainer`` assembles an :class:`~fex.module.ExplainerModule` from a job config (train,
 tests); ``open_checkpoint`` is how every job that starts from a checkpoint (evaluate, explain, the
 benchmarks, serve) gets its config, black box and explainer; ``save_explainer`` writes the final
-explainer, once. What a checkpoint holds and how it is read: :mod:`fex.checkpoint`; how it becomes a
+explainer, once; ``merge_explainers`` makes one multi-head explainer of several trained ones. What a checkpoint holds and how it is read: :mod:`fex.checkpoint`; how it becomes a
 module again: :func:`fex.module.load_explainer`.
 """
 from __future__ import annotations
@@ -15,14 +15,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from fex.blackbox import BlackBox
 from fex.checkpoint import (CKPT_KEY, CKPT_VERSION, OBJECTIVE_TARGET, assemble, build_component,  # noqa: F401
-                            checkpoint_meta, portable, read_checkpoint, stored, upgrade)
+                            checkpoint_meta, effective_config, portable, read_checkpoint, stored, upgrade)
 from fex.config import build, build_blackbox, to_dict, with_checkpoint_defaults
-from fex.errors import ConfigError
+from fex.errors import CheckpointError, ConfigError
 from fex.io import save_torch
 from fex.module import ExplainerModule, load_explainer
+from fex.policy.heads import merge_head_states
 
 __all__ = ["build_explainer", "open_checkpoint", "explainer_for", "save_explainer", "load_explainer",
-           "read_checkpoint", "class_names"]
+           "merge_explainers", "read_checkpoint", "class_names"]
 
 
 # --------------------------------------------------------------------------- building
@@ -91,3 +92,67 @@ def save_explainer(module: Any, path: str | os.PathLike, train_queries: int | No
         meta["train_queries"] = int(train_queries)
     save_torch(path, {"state_dict": module.state_dict(), CKPT_KEY: meta})  # one atomic write
     return os.fspath(path)
+
+
+# --------------------------------------------------------------------------- merging
+#: what may differ between merged explainers: training-only settings, and the head counts being merged
+MERGE_FREE = {"objective": {"bank_from", "query_budget", "num_samples", "ppo_epochs"}, "policy": {"heads"},
+              "backbone": {"branches", "encoder_lr_scale"}}
+
+
+def _mergeable(group: str, cfg: dict) -> dict:
+    """The part of a stored config that merged explainers must share (defaults filled in)."""
+    out = {k: v for k, v in effective_config(group, cfg).items() if k not in MERGE_FREE.get(group, ())}
+    if isinstance(out.get("backbone"), dict):
+        out["backbone"] = {k: v for k, v in out["backbone"].items() if k not in MERGE_FREE["backbone"]}
+    return out
+
+
+def merge_explainers(paths: list[str | os.PathLike], out: str | os.PathLike | None = None,
+                     target: Any = None) -> ExplainerModule:
+    """One explainer whose heads are those of the explainers at ``paths`` (e.g. training seeds): the shared
+    backbone (a frozen encoder) runs once and each member's adapter and actor/critic run as one head, so
+    its scores are the mean of the members' (their logits averaged) at about one member's cost. Members
+    must be the same explainer but for their trained heads: same target, masker, objective, data and
+    policy config (``heads`` aside), and a backbone with per-head parameters (``branch_params``, e.g.
+    :class:`~fex.policy.text.TextEncoderBackbone`) whose other weights are equal. Written to ``out``
+    (:func:`save_explainer`) when given; ``target`` is attached as in :func:`load_explainer`."""
+    if len(paths) < 2:
+        raise ConfigError(f"merge_explainers needs at least 2 checkpoints, got {len(paths)}")
+    ckpts = [read_checkpoint(p) for p in paths]
+    metas = [c[CKPT_KEY] for c in ckpts]
+    first, where = metas[0], ckpts[0]["_path"]
+    for c, meta in zip(ckpts[1:], metas[1:]):
+        for key in ("target", "num_classes", "num_features"):
+            if meta.get(key) != first.get(key):
+                raise CheckpointError(f"cannot merge {c['_path']} with {where}: their {key} differ")
+        for key in ("masker", "objective", "policy"):
+            mine, theirs = (_mergeable(key, m["config"].get(key) or {"_target_": OBJECTIVE_TARGET})
+                            for m in (meta, first))
+            if mine != theirs:
+                diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+                raise CheckpointError(f"cannot merge {c['_path']} with {where}: their {key} configs differ "
+                                      f"({', '.join(diff)})")
+    heads = []
+    for c, meta in zip(ckpts, metas):
+        pcfg = meta["config"]["policy"]
+        h, b = int(pcfg.get("heads", 1)), int((pcfg.get("backbone") or {}).get("branches", 1))
+        if b != h:
+            raise CheckpointError(f"cannot merge {c['_path']}: its {h} heads share one backbone branch")
+        heads.append(h)
+    prefixes = getattr(assemble(first["config"])[1].backbone, "branch_params", None)
+    if not prefixes:
+        raise ConfigError(f"cannot merge: the backbone {first['config']['policy']['backbone'].get('_target_')} has "
+                          "no per-head parameters (branch_params), so its members cannot share one pass")
+    config = dict(first["config"])
+    config["policy"] = {**config["policy"], "heads": sum(heads),
+                        "backbone": {**config["policy"]["backbone"], "branches": sum(heads)}}
+    states = [{k[len("policy."):]: v for k, v in c["state_dict"].items() if k.startswith("policy.")} for c in ckpts]
+    state = merge_head_states(states, heads, tuple(prefixes))
+    meta = {**first, "config": config, "train_queries": sum(int(m.get("train_queries") or 0) for m in metas),
+            "merged_from": [c["_path"] for c in ckpts]}
+    module = load_explainer({"state_dict": {f"policy.{k}": v for k, v in state.items()}, CKPT_KEY: meta,
+                             "_path": "merged explainer"}, target=target)
+    if out is not None:
+        save_explainer(module, out)
+    return module

@@ -88,3 +88,74 @@ def test_bad_head_configurations_are_refused():
         small_explainer(heads=0)
     with pytest.raises(ConfigError, match="estimator=regression or fastshap"):
         small_explainer(heads=2, objective=FexObjective(estimator="ppo"))
+
+
+def _text_member(seed: int, tmp_path, **policy):
+    from fex.explainer import build_explainer, save_explainer
+    from text_helpers import planted_word_blackbox
+
+    torch.manual_seed(seed)
+    backbone = {"_target_": "fex.policy.text.TextEncoderBackbone", "out_dim": 16, "num_layers": 1,
+                **policy.pop("backbone", {})}
+    module = build_explainer({
+        "masker": {"_target_": "fex.maskers.text.WordMasker", "max_length": 32},
+        "policy": {"_target_": "fex.policy.Policy", "num_classes": 2, "hidden": 16, "backbone": backbone, **policy},
+        "objective": {"estimator": "regression", "attribution": "logit", "temperature": 0.5},
+        "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+        "num_classes": 2, "val_auc_examples": 0}, blackbox=planted_word_blackbox())
+    module._train_queries = 100 * (seed + 1)
+    return save_explainer(module, tmp_path / f"member{seed}.ckpt"), module
+
+
+def test_merged_explainer_scores_are_the_members_mean(tmp_path):
+    from fex.explainer import merge_explainers
+    from text_helpers import planted_word_blackbox
+
+    a, ma = _text_member(0, tmp_path)
+    b, mb = _text_member(1, tmp_path)
+    c, mc = _text_member(2, tmp_path, heads=2, backbone={"branches": 2})  # a member with 2 heads of its own
+    merged = merge_explainers([a, b, c], out=tmp_path / "merged.ckpt", target=planted_word_blackbox())
+    assert merged.policy.heads == 4 and merged.policy.backbone.branches == 4
+    assert merged._train_queries == 600  # the members' training cost, summed
+    x = ma.masker.encode(["a great movie", "the plot was long and the acting flat but some scenes had charm"])
+    cls = torch.tensor([1, 0])
+    want = (ma.explain(x, target=cls)["scores"] + mb.explain(x, target=cls)["scores"]
+            + 2 * mc.explain(x, target=cls)["scores"]) / 4  # c's read-out is already the mean of its 2 heads
+    torch.testing.assert_close(merged.explain(x, target=cls)["scores"], want)
+    again = load_explainer(tmp_path / "merged.ckpt", target=planted_word_blackbox())
+    torch.testing.assert_close(again.explain(x, target=cls)["scores"], want)
+
+
+def test_fex_merge_command(tmp_path, capsys):
+    from fex.cli import merge_main
+
+    a, _ = _text_member(0, tmp_path)
+    b, _ = _text_member(1, tmp_path)
+    assert merge_main([str(tmp_path / "m.ckpt"), a, b]) == 0
+    assert "2 heads from 2 explainers" in capsys.readouterr().out
+    assert load_explainer(tmp_path / "m.ckpt").policy.heads == 2
+    assert merge_main([str(tmp_path / "n.ckpt"), a, str(tmp_path / "missing.ckpt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert not (tmp_path / "n.ckpt").exists()
+
+
+def test_merge_refuses_what_cannot_share_a_pass(tmp_path):
+    from fex.explainer import merge_explainers, save_explainer
+
+    a, _ = _text_member(0, tmp_path)
+    other, _ = _text_member(1, tmp_path, hidden=8)
+    with pytest.raises(CheckpointError, match="policy configs differ"):
+        merge_explainers([a, other])
+    with pytest.raises(ConfigError, match="at least 2"):
+        merge_explainers([a])
+    tuned, _ = _text_member(2, tmp_path, backbone={"train_last_n_layers": 1})
+    tuned2, m2 = _text_member(3, tmp_path, backbone={"train_last_n_layers": 1})
+    merge_explainers([tuned, tuned2])  # fine-tuned layers, but still equal: they can share the pass
+    with torch.no_grad():  # as if training had moved them
+        next(q for q in m2.policy.backbone.encoder.parameters() if q.requires_grad).add_(0.01)
+    tuned2 = save_explainer(m2, tmp_path / "tuned2.ckpt")
+    with pytest.raises(ConfigError, match="outside their per-head parameters"):
+        merge_explainers([tuned, tuned2])
+    conv = [save_explainer(small_explainer(seed=s), tmp_path / f"conv{s}.ckpt") for s in (0, 1)]
+    with pytest.raises(ConfigError, match="no per-head parameters"):
+        merge_explainers(conv)

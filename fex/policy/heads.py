@@ -118,3 +118,28 @@ class Policy(nn.Module):
             return self.actor(masker.pool(elements, x)), self.critic(pooled)
         logits, values = self.forward_heads(x, masker)
         return logits.mean(0), values.mean(0)
+
+
+def merge_head_states(states: list[dict], heads: list[int], branch_prefixes: tuple[str, ...]) -> dict:
+    """The state_dict of one policy whose heads are the heads of ``states`` (policy state_dicts, keys without
+    ``policy.``), in order: ``heads[i]`` is member i's head count. The backbone's per-head parameters (keys
+    under ``backbone.<prefix>`` for ``branch_prefixes``) are concatenated block by block along their first
+    dimension; every other backbone parameter must be the same in all members (it is computed once)."""
+    from_branch = tuple(f"backbone.{p}" for p in branch_prefixes)
+    out: dict = {}
+    offset = 0
+    for state, h in zip(states, heads):
+        for key, value in state.items():
+            group, _, rest = key.partition(".")
+            if group in ("actor", "critic"):  # actor.X (one head) / actor.j.X (several) -> actor.(offset + j).X
+                j, rest = (0, rest) if h == 1 else (int(rest.partition(".")[0]), rest.partition(".")[2])
+                out[f"{group}.{offset + j}.{rest}"] = value
+            elif key.startswith(from_branch):
+                out[key] = value if key not in out else torch.cat([out[key], value])
+            elif key not in out:
+                out[key] = value
+            elif out[key].shape != value.shape or not torch.equal(out[key], value):
+                raise ConfigError(f"the members' backbones differ in {key}, outside their per-head parameters: "
+                                  "they cannot share one backbone pass")
+        offset += h
+    return out

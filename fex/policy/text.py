@@ -70,6 +70,10 @@ class TextEncoderBackbone(nn.Module):
             (:class:`fex.policy.Policy`): the outputs have ``branches * out_dim`` channels, one block each.
     """
 
+    #: state_dict prefixes of the per-branch parameters (their first dimension is ``branches`` blocks):
+    #: what :func:`fex.policy.heads.merge_head_states` concatenates when explainers are merged
+    branch_params = ("adapter.", "global_proj.")
+
     def __init__(self, path: str | None = None, freeze: bool = True, train_last_n_layers: int = 0,
                  out_dim: int | None = 256, num_layers: int | None = None, encoder_lr_scale: float = 1.0,
                  branches: int = 1) -> None:
