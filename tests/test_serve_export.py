@@ -120,3 +120,29 @@ def test_minilm_text_policy_onnx_matches_explainer(tmp_path):
     for i, t in enumerate(texts):
         n = len(t.split())
         np.testing.assert_allclose(keep[i, :n, 0], want[i, :n], rtol=0, atol=1e-5)
+
+
+def test_multi_head_text_policy_onnx_matches_explainer(tmp_path):
+    """A 3-head text policy (one encoder pass, one adapter per head, logits averaged) exports as one graph."""
+    pytest.importorskip("transformers")
+    from fex.explainer import build_explainer
+    from fex.export import export_onnx
+
+    torch.manual_seed(0)
+    explainer = build_explainer({
+        "masker": {"_target_": "fex.maskers.text.WordMasker", "max_length": 32},
+        "policy": {"_target_": "fex.policy.Policy", "num_classes": 2, "hidden": 16, "heads": 3,
+                   "backbone": {"_target_": "fex.policy.text.TextEncoderBackbone", "out_dim": 16, "num_layers": 1,
+                                "branches": 3}},
+        "objective": {"estimator": "regression", "attribution": "logit"},
+        "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+        "num_classes": 2, "val_auc_examples": 0}).eval()
+    path = export_onnx(explainer, tmp_path / "heads.onnx")
+    texts = ["a great movie", "the plot was long and the acting flat but some scenes had charm", "dull"]
+    x = explainer.masker.encode(texts)
+    got = _session(path).run(None, {k: x[k].numpy() for k in ("input_ids", "attention_mask", "word_ids")})[0]
+    for c in (0, 1):
+        want = explainer.explain(x, target=torch.full((3,), c))["scores"].numpy()
+        for i, t in enumerate(texts):
+            n = len(t.split())
+            np.testing.assert_allclose(got[i, :n, c], want[i, :n], rtol=0, atol=1e-5)
