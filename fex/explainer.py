@@ -149,8 +149,7 @@ def merge_explainers(paths: list[str | os.PathLike], out: str | os.PathLike | No
                         "backbone": {**config["policy"]["backbone"], "branches": sum(heads)}}
     states = [{k[len("policy."):]: v for k, v in c["state_dict"].items() if k.startswith("policy.")} for c in ckpts]
     state = merge_head_states(states, heads, tuple(prefixes))
-    meta = {**first, "config": config, "train_queries": sum(int(m.get("train_queries") or 0) for m in metas),
-            "merged_from": [c["_path"] for c in ckpts]}
+    meta = {**first, "config": config, "train_queries": sum(int(m.get("train_queries") or 0) for m in metas)}
     module = load_explainer({"state_dict": {f"policy.{k}": v for k, v in state.items()}, CKPT_KEY: meta,
                              "_path": "merged explainer"}, target=target)
     if out is not None:
