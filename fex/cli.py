@@ -10,11 +10,10 @@ Errors end with one line ``error: ...`` and exit code 2.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Any, Callable
-
-import argparse
 
 import hydra
 from omegaconf import DictConfig

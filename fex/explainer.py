@@ -3,8 +3,9 @@
 ``build_explainer`` assembles an :class:`~fex.module.ExplainerModule` from a job config (train,
 tests); ``open_checkpoint`` is how every job that starts from a checkpoint (evaluate, explain, the
 benchmarks, serve) gets its config, black box and explainer; ``save_explainer`` writes the final
-explainer, once; ``merge_explainers`` makes one multi-head explainer of several trained ones. What a checkpoint holds and how it is read: :mod:`fex.checkpoint`; how it becomes a
-module again: :func:`fex.module.load_explainer`.
+explainer, once; ``merge_explainers`` makes one multi-head explainer of several trained ones. What a
+checkpoint holds and how it is read: :mod:`fex.checkpoint`; how it becomes a module again:
+:func:`fex.module.load_explainer`.
 """
 from __future__ import annotations
 
@@ -113,10 +114,12 @@ def merge_explainers(paths: list[str | os.PathLike], out: str | os.PathLike | No
     """One explainer whose heads are those of the explainers at ``paths`` (e.g. training seeds): the shared
     backbone (a frozen encoder) runs once and each member's adapter and actor/critic run as one head, so
     its scores are the mean of the members' (their logits averaged) at about one member's cost. Members
-    must be the same explainer but for their trained heads: same target, masker, objective, data and
-    policy config (``heads`` aside), and a backbone with per-head parameters (``branch_params``, e.g.
-    :class:`~fex.policy.text.TextEncoderBackbone`) whose other weights are equal. Written to ``out``
-    (:func:`save_explainer`) when given; ``target`` is attached as in :func:`load_explainer`."""
+    must be the same explainer but for their trained heads: same target, masker, objective and policy
+    config (defaults filled in; the training-only keys of ``MERGE_FREE`` and ``heads`` aside; the merged
+    checkpoint keeps the first member's data config), and a backbone with per-head parameters
+    (``branch_params``, e.g. :class:`~fex.policy.text.TextEncoderBackbone`) whose other weights are equal.
+    Written to ``out`` (:func:`save_explainer`) when given; ``target`` is attached as in
+    :func:`load_explainer`."""
     if len(paths) < 2:
         raise ConfigError(f"merge_explainers needs at least 2 checkpoints, got {len(paths)}")
     ckpts = [read_checkpoint(p) for p in paths]
