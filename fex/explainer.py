@@ -22,6 +22,7 @@ from fex.errors import CheckpointError, ConfigError
 from fex.io import save_torch
 from fex.module import ExplainerModule, load_explainer
 from fex.policy.heads import merge_head_states
+from fex.registry import lookup
 
 __all__ = ["build_explainer", "open_checkpoint", "explainer_for", "save_explainer", "load_explainer",
            "merge_explainers", "read_checkpoint", "class_names"]
@@ -143,7 +144,7 @@ def merge_explainers(paths: list[str | os.PathLike], out: str | os.PathLike | No
         if b != h:
             raise CheckpointError(f"cannot merge {c['_path']}: its {h} heads share one backbone branch")
         heads.append(h)
-    prefixes = getattr(assemble(first["config"])[1].backbone, "branch_params", None)
+    prefixes = getattr(lookup("backbone", first["config"]["policy"]["backbone"].get("_target_")), "branch_params", None)
     if not prefixes:
         raise ConfigError(f"cannot merge: the backbone {first['config']['policy']['backbone'].get('_target_')} has "
                           "no per-head parameters (branch_params), so its members cannot share one pass")
