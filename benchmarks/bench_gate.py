@@ -16,6 +16,10 @@
    (failed | not wrong) and overall fail rate, queries per explanation (check + fallbacks) against
    the reference on everything (F + 1 per explanation, plus the prediction both need), and the
    deletion AUC of the final (gated) attributions against the explainer's and the reference's.
+   With ``--early-alpha`` the gate has two stages by queries (``Gate(early_alpha=...)``): every pair is
+   asked once (so that one run gives both), and an input is scored as the live two-stage check decides
+   it, 3 check queries where the first pair's term clears the calibrated cut-off, the full check
+   otherwise (``passed early`` column; the end-to-end ``Gate.verify`` comparison checks this accounting).
 5. With ``--proxy-checkpoint`` (an explainer trained on ``target=mnist_proxy``): screen it on the real
    target, gate it, and compare fidelity and total target-query cost with the directly trained one.
 
@@ -64,6 +68,8 @@ def make_gate(args, bb: BlackBox, masker) -> Gate:
     five sizes 0.1-1.0 for the deletion statistics)."""
     fr = args.fractions or (None if args.statistic == "contrast" else "0.1,0.2,0.3,0.5,1.0")
     kw = {} if fr is None else {"fractions": tuple(float(f) for f in fr.split(","))}
+    if args.early_alpha is not None:
+        kw["early_alpha"] = args.early_alpha
     return Gate(bb, masker, alpha=args.alpha, statistic=args.statistic, **kw)
 
 
@@ -79,14 +85,14 @@ def measure(explainer, bb: BlackBox, x, gate: Gate, batch_size: int, steps: int 
     ref = FeatureAblation(bb, masker)
     gate = copy.copy(gate)
     gate.blackbox = bb
-    keys = ("statistic", "d_e", "d_r", "check_queries", "n_features")
+    keys = ("statistic", "d_e", "d_r", "check_queries", "n_features", "terms")
     acc = {k: [] for k in keys}
     t_check = t_ref = t_fex = 0.0
     n = masker.batch_size(x)
     for s in range(0, n, batch_size):
         xb = take(masker, x, s, s + batch_size)
         t0 = time.perf_counter()
-        out = gate.check(explainer, xb)  # includes the explainer's forward pass
+        out = gate.check(explainer, xb, early=False)  # includes the explainer's forward pass; every pair asked
         t_check += time.perf_counter() - t0
         t = out["target"]
         t0 = time.perf_counter()
@@ -99,21 +105,34 @@ def measure(explainer, bb: BlackBox, x, gate: Gate, batch_size: int, steps: int 
         acc["statistic"].append(out["statistic"])
         acc["check_queries"].append(out["queries"])
         acc["n_features"].append(out["valid"].sum(1))
+        acc["terms"].append(out.get("terms", torch.zeros(len(t), 0)))
         acc["d_e"].append(deletion(bb, masker, xb, out["scores"], t, steps))
         acc["d_r"].append(deletion(bb, masker, xb, r, t, steps))
     return {**{k: torch.cat(v) for k, v in acc.items()}, "n": n,
             "ms_check": 1e3 * t_check / n, "ms_fex": 1e3 * t_fex / n, "ms_ref": 1e3 * t_ref / n}
 
 
-def score(name: str, m: dict, threshold: float, margin: float) -> dict:
+def two_stage(m: dict, gate: Gate | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(passed early [B], check queries [B]) of a calibrated two-stage gate (``--early-alpha``) from the full
+    check's pair terms: exactly what its live check asks (3 queries where the first pair's term clears the
+    cut-off, the full check otherwise); without one, no early passes and the measured queries."""
+    if gate is None or not gate.two_stage:
+        return torch.zeros_like(m["check_queries"], dtype=torch.bool), m["check_queries"]
+    early = m["terms"][:, gate.early_index] > gate.early_threshold
+    return early, torch.where(early, torch.full_like(m["check_queries"], 3), m["check_queries"])
+
+
+def score(name: str, m: dict, threshold: float, margin: float, gate: Gate | None = None) -> dict:
     """Gate outcome at ``threshold``: a failed input costs FeatureAblation's n + 1 more queries (n its
     features) and gets its attribution (the same deterministic scores as the reference's), exactly as
-    Gate.verify does."""
-    passed = m["statistic"] >= threshold
+    Gate.verify does. With a calibrated two-stage ``gate``, inputs whose first pair clears its cut-off pass
+    at 3 check queries."""
+    early, check_q = two_stage(m, gate)
+    passed = early | (m["statistic"] >= threshold)
     failed = ~passed
     wrong = m["d_e"] - m["d_r"] > margin
     f = m["n_features"]
-    queries = m["check_queries"] + failed.long() * (f + 1)
+    queries = check_q + failed.long() * (f + 1)
     d_final = torch.where(failed, m["d_r"], m["d_e"])
     rate = lambda num, den: float(num.sum() / den.sum()) if den.sum() > 0 else float("nan")  # noqa: E731
     ref_queries = float((f + 2).float().mean())  # FeatureAblation (n + 1) + the prediction
@@ -122,7 +141,8 @@ def score(name: str, m: dict, threshold: float, margin: float) -> dict:
     return {"scenario": name, "n": m["n"], "margin": margin, "wrong": int(wrong.sum()), "wrong_rate": float(wrong.float().mean()),
             "fail_rate": fail_rate, "catch_rate": rate(failed & wrong, wrong),
             "false_alarm_rate": rate(failed & ~wrong, ~wrong),
-            "queries_per_expl": float(queries.float().mean()), "check_queries_per_expl": float(m["check_queries"].float().mean()),
+            "queries_per_expl": float(queries.float().mean()), "check_queries_per_expl": float(check_q.float().mean()),
+            "early_rate": float(early.float().mean()),
             "reference_queries_per_expl": ref_queries, "cost_vs_reference": float(queries.float().mean()) / ref_queries,
             "deletion_explainer": float(m["d_e"].mean()), "deletion_reference": float(m["d_r"].mean()),
             "deletion_gated": float(d_final.mean()), "statistic_median": float(m["statistic"].median()),
@@ -132,7 +152,8 @@ def score(name: str, m: dict, threshold: float, margin: float) -> dict:
 
 COLUMNS = [("scenario", "scenario", "{}"), ("margin", "margin", "{}"), ("n", "n", "{}"), ("wrong", "wrong", "{}"),
            ("catch_rate", "caught (fail given wrong)", "{:.2f}"), ("false_alarm_rate", "false alarms (fail given right)", "{:.2f}"),
-           ("fail_rate", "fail rate", "{:.2f}"), ("queries_per_expl", "queries/expl (gated)", "{:.1f}"),
+           ("fail_rate", "fail rate", "{:.2f}"), ("early_rate", "passed early", "{:.2f}"),
+           ("queries_per_expl", "queries/expl (gated)", "{:.1f}"),
            ("reference_queries_per_expl", "queries/expl (FA on all)", "{}"), ("cost_vs_reference", "cost vs FA on all", "{:.2f}"),
            ("deletion_explainer", "del. AUC fex", "{:.3f}"), ("deletion_gated", "del. AUC gated", "{:.3f}"),
            ("deletion_reference", "del. AUC FA", "{:.3f}"), ("statistic_median", "median T", "{:.3f}"),
@@ -275,6 +296,9 @@ def main() -> None:
     ap.add_argument("--deletion-steps", type=int, default=None,
                     help="deletion curve steps per input for 'wrong' (default: one per feature on mnist, 10 on text)")
     ap.add_argument("--ratio", type=float, default=0.9)
+    ap.add_argument("--early-alpha", type=float, default=None,
+                    help="a two-stage contrast gate (fex.gate early_alpha): one removal pair first, the rest only where "
+                         "its term does not clear the calibrated cut-off (scored at the first margin)")
     ap.add_argument("--statistic", choices=STATISTICS, default="contrast",
                     help="the gate's statistic (fex.gate); the deletion ones are measured with every size asked, "
                          "so their check queries are the most a sequential check spends")
@@ -320,8 +344,9 @@ def main() -> None:
     ind = measured["in_distribution"]
     with real.counting() as c:
         v = gate.verify(explainer, take(masker, x_test, 0, 50))
-    failed = ind["statistic"][:50] < gate.threshold
-    sim = ind["check_queries"][:50] + failed.long() * (ind["n_features"][:50] + 1)
+    early, check_q = two_stage(ind, gate)
+    failed = ~(early | (ind["statistic"] >= gate.threshold))[:50]
+    sim = check_q[:50] + failed.long() * (ind["n_features"][:50] + 1)
     same = torch.equal(v["passed"], ~failed) and c.n == int(v["queries"].sum())
     same &= bool((v["queries"] <= sim).all()) if gate.sequential else torch.equal(v["queries"], sim)
     assert same, "verify and the benchmark's accounting differ"
@@ -329,7 +354,9 @@ def main() -> None:
     rows, summary = [], {}
     for margin in args.margins:
         for name in measured:
-            rows.append(score(name, measured[name], thr[margin]["threshold"], margin))
+            # a two-stage gate's cut-off is calibrated at the first margin's threshold: only there is it the gate
+            rows.append(score(name, measured[name], thr[margin]["threshold"], margin,
+                              gate if margin == args.margins[0] else None))
         rows.append(score("in_distribution (uncond. calibration)", measured["in_distribution"], thr_uncond, margin))
         mine = [r for r in rows if r["margin"] == margin]
         shifted = [r for r in mine if r["scenario"] not in ("in_distribution", "in_distribution (uncond. calibration)")]

@@ -8,7 +8,9 @@
    and GAIA's gradient abnormality of the CNN (``average``, ``zeros``). Shifts: ``inverted`` and
    ``noise`` (:mod:`fex.shifts`, what the scores were designed on) and, never used while designing,
    ``rot90``, ``translate`` (6 pixels right) and ``sklearn_digits`` (scikit-learn's 8x8 digits upscaled).
-2. **Gates side by side** (:class:`fex.gate.Gate`): ``contrast (old)`` (the reference row),
+2. **Gates side by side** (:class:`fex.gate.Gate`; ``--gates`` picks some): ``contrast (old)`` (the reference row),
+   ``contrast, two stages by queries`` (``early_alpha=--early-alpha``: one removal pair first, the rest only
+   where it is not clearly above the calibrated cut-off),
    ``contrast + prescreen (old 2-stage)`` (a :class:`fex.ood.Prescreen` on the fex ``logits`` score,
    flagging ``--rate`` of in-distribution inputs, routes only flagged inputs to the check),
    ``deletion, sequential`` (``statistic="deletion"``, ``--deletion-fractions``) and ``deletion +
@@ -96,14 +98,22 @@ def gate_variants(bb: BlackBox, masker, pre: Prescreen, a) -> dict[str, tuple[Ga
         return Gate(bb, masker, alpha=a.alpha, fallback=None, confidence=a.confidence, **kw)
 
     fr = tuple(float(f) for f in a.deletion_fractions.split(","))
-    return {"contrast (old)": (make(), False),
+    every = {"contrast (old)": (make(), False),
             "contrast + prescreen (old 2-stage)": (make(), True),
             "deletion, sequential": (make(statistic="deletion", fractions=fr), False),
             "deletion + abnormality strata": (make(statistic="deletion", fractions=fr, abnormality=pre,
                                                    abnormal_alpha=a.abnormal_alpha), False),
             "relative deletion, sequential": (make(statistic="relative_deletion", fractions=fr), False),
             "relative deletion + abnormality strata": (make(statistic="relative_deletion", fractions=fr,
-                                                            abnormality=pre, abnormal_alpha=a.abnormal_alpha), False)}
+                                                            abnormality=pre, abnormal_alpha=a.abnormal_alpha), False),
+            "contrast, two stages by queries": (make(early_alpha=a.early_alpha), False)}
+    if not a.gates:
+        return every
+    names = [n.strip() for n in a.gates.split(";")]
+    unknown = [n for n in names if n not in every]
+    if unknown:
+        raise SystemExit(f"unknown gate(s) {unknown}; choose from {list(every)}")
+    return {n: every[n] for n in names}
 
 
 def labelled(explainer, bb: BlackBox, x: torch.Tensor, margin: float, steps: int | None, batch: int = 100) -> dict:
@@ -132,7 +142,7 @@ def gate_outcome(gate: Gate, routed: bool, pre: Prescreen, bb: BlackBox, masker,
     (counted on the black box, the prediction query included)."""
     g = copy.copy(gate)
     g.blackbox = bb
-    acc = {k: [] for k in ("checked", "statistic", "threshold", "queries")}
+    acc = {k: [] for k in ("checked", "statistic", "threshold", "queries", "early")}
     for s in range(0, len(x), batch):
         xb, t, sc = x[s:s + batch], lab["target"][s:s + batch], lab["scores"][s:s + batch]
         checked = pre.flag(xb, t).cpu().bool() if routed else torch.ones(len(xb), dtype=torch.bool)
@@ -144,9 +154,10 @@ def gate_outcome(gate: Gate, routed: bool, pre: Prescreen, bb: BlackBox, masker,
         acc["checked"].append(checked)
         acc["statistic"].append(out["statistic"])
         acc["threshold"].append(thr)
+        acc["early"].append(out["early"])
         acc["queries"].append(torch.where(checked, out["queries"], torch.zeros_like(out["queries"])))
     r = {k: torch.cat(v) for k, v in acc.items()}
-    r["failed"] = r["checked"] & (r["statistic"] < r["threshold"])
+    r["failed"] = r["checked"] & ~r["early"] & (r["statistic"] < r["threshold"])
     return r
 
 
@@ -158,7 +169,7 @@ def rates(name: str, gate_name: str, lab: dict, o: dict, n_features: int) -> dic
             "n_wrong": int(wrong.sum()), "wrong": float(wrong.float().mean()),
             "catch_rate": float(failed[wrong].float().mean()) if wrong.any() else None,
             "false_alarms": float(failed[~wrong].float().mean()) if (~wrong).any() else None,
-            "checked": float(o["checked"].float().mean()),
+            "checked": float(o["checked"].float().mean()), "early": float(o["early"].float().mean()),
             "check_queries_per_input": float(o["queries"].float().mean()),
             "queries_per_input": float(q_total.float().mean())}
 
@@ -181,6 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--screen", action="store_true",
                    help="also run the task-level screen (fex.screen.Screen: deletion fidelity >= 0.9 x FeatureAblation's, "
                         "alpha 0.05, <= 50 inputs) on every scenario's explainer, target and inputs")
+    p.add_argument("--early-alpha", type=float, default=0.1,
+                   help="the two-stage gate's share of would-fail inputs allowed to pass after the first pair")
+    p.add_argument("--gates", default=None, help="only these gates, ';'-separated names (default: all)")
     p.add_argument("--parts", default="auroc,gate", help="auroc and/or gate")
     p.add_argument("--out", default=str(ROOT / "outputs/bench/ood"))
     a = p.parse_args(argv)
@@ -293,10 +307,12 @@ def markdown(res: dict) -> str:
                   f"other_family: an MLP, test accuracy {res['mlp_test_accuracy']:.3f}. Queries per input: the check "
                   "(prediction included) and with FeatureAblation's F + 1 on each failed input.", "",
               "| scenario | held out | wrong | gate | caught (fail given wrong) | false alarms (fail given right) "
-              "| checked | check queries/input | queries/input with fallback |", "|---|---|---|---|---|---|---|---|---|"]
+              "| checked | passed early | check queries/input | queries/input with fallback |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["gate"]:
         lines.append(f"| {r['scenario']} | {'yes' if r['held_out'] else ''} | {r['wrong']:.3f} ({r['n_wrong']}) | "
                      f"{r['gate']} | {f(r['catch_rate'])} | {f(r['false_alarms'])} | {r['checked']:.2f} | "
+                     f"{r.get('early', 0.0):.2f} | "
                      f"{r['check_queries_per_input']:.2f} | {r['queries_per_input']:.2f} |")
     by = {(r["scenario"], r["gate"]): r for r in res["gate"]}
     held = [s for s in HELD_OUT if any(k[0] == s for k in by)]

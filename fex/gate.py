@@ -49,6 +49,13 @@ the same features (``FeatureAblation`` by default), and its queries are counted 
 ``prescreen=`` (the same kind of score, used as a first stage instead) only the inputs it flags
 are checked; the others pass unchecked and cost no gate queries.
 
+**Two stages by queries** (``early_alpha=``, contrast statistic): the first stage asks the prediction and
+one removal pair (3 queries) and passes the input when that pair's term of T is above a cut-off; only the
+others are asked the remaining ``2(J - 1)`` removals, and those get exactly the one-stage decision. The
+cut-off is calibrated on the validation inputs the full check fails: a conformal upper bound on their
+first-stage term, so that a new exchangeable input the full check would fail passes early with
+probability at most ``early_alpha``. The pair is the one that lets the most validation inputs pass early.
+
 The task-level screen (is this explainer good enough on this target at all?) is :mod:`fex.screen`;
 its names are importable from here too.
 """
@@ -80,6 +87,7 @@ SIDECAR_FORMAT = "fex-gate"
 SIDECAR_VERSION = 1
 COMPARATORS = ("bottom", "random")
 STATISTICS = ("contrast", "deletion", "relative_deletion")
+NO_EARLY = "inf"  # an early-pass cut-off no input can clear (no validation input could be bounded): said, not null
 SEQUENTIAL = ("deletion", "relative_deletion")  # the statistics checked removal by removal
 
 
@@ -231,6 +239,10 @@ class Gate:
         prescreen: a first stage (a calibrated :class:`fex.ood.Prescreen`, or anything with
             ``flag(x, target) -> bool [B]``): :meth:`verify` checks only the flagged inputs.
             Not saved in the sidecar: pass it again after :meth:`load`.
+        early_alpha: a first stage by queries (contrast only; module docstring): the share of inputs the
+            full check would fail that may pass after the first removal pair. None: one stage.
+        early_index, early_threshold: the first stage's removal pair (index into ``fractions``) and cut-off;
+            set by :meth:`calibrate` or :meth:`load`.
     """
 
     def __init__(self, blackbox: BlackBox | None = None, masker: Masker | None = None,
@@ -239,7 +251,8 @@ class Gate:
                  fallback: str | None = "feature_ablation", fallback_kwargs: dict | None = None, seed: int = 0,
                  prescreen: Any = None, statistic: str = "contrast", abnormality: Any = None,
                  abnormal_alpha: float | None = None, abnormal_threshold: float | None = None,
-                 confidence: float | None = None) -> None:
+                 confidence: float | None = None, early_alpha: float | None = None,
+                 early_index: int | None = None, early_threshold: float | None = None) -> None:
         self.fractions = tuple(float(f) for f in fractions)
         if not self.fractions or not all(0 < f <= 1 for f in self.fractions):
             raise ConfigError(f"gate fractions must be in (0, 1], got {list(self.fractions)}")
@@ -266,6 +279,21 @@ class Gate:
         if confidence is not None and not 0 < confidence < 1:
             raise ConfigError(f"gate confidence must be in (0, 1) or None, got {confidence}")
         self.confidence = None if confidence is None else float(confidence)
+        if early_alpha is not None:
+            if statistic != "contrast":
+                raise ConfigError(f"early_alpha (a first stage of one removal pair) needs statistic='contrast'; "
+                                  f"the {statistic} statistic is already checked sequentially")
+            if not 0 < early_alpha < 1:
+                raise ConfigError(f"early_alpha must be in (0, 1) or None, got {early_alpha}")
+            if abnormal_alpha is not None:
+                raise ConfigError("early_alpha and abnormal_alpha cannot be combined (one threshold per input)")
+            if len(self.fractions) < 2:
+                raise ConfigError("early_alpha needs at least 2 fractions (the first stage asks one of them)")
+        if early_index is not None and not 0 <= int(early_index) < len(self.fractions):
+            raise ConfigError(f"early_index must index fractions (0..{len(self.fractions) - 1}), got {early_index}")
+        self.early_alpha = None if early_alpha is None else float(early_alpha)
+        self.early_index = None if early_index is None else int(early_index)
+        self.early_threshold = None if early_threshold is None else float(early_threshold)
         self.blackbox = blackbox if blackbox is None or isinstance(blackbox, BlackBox) else BlackBox(blackbox)
         self.masker = masker
         self.comparator = comparator
@@ -291,6 +319,11 @@ class Gate:
     def sequential(self) -> bool:
         """Whether the check can stop early per input (the deletion statistics)."""
         return self.statistic in SEQUENTIAL
+
+    @property
+    def two_stage(self) -> bool:
+        """Whether :meth:`check` stops after the first removal pair where it can (calibrated ``early_alpha``)."""
+        return self.early_alpha is not None and self.early_index is not None and self.early_threshold is not None
 
     @property
     def stratified(self) -> bool:
@@ -333,7 +366,8 @@ class Gate:
         return bb, masker
 
     # ------------------------------------------------------------------ statistic
-    def check(self, explainer_or_scores: Any, x: Any, target: Any = None, thresholds: Any = None) -> dict:
+    def check(self, explainer_or_scores: Any, x: Any, target: Any = None, thresholds: Any = None,
+              early: bool = True) -> dict:
         """The statistic only (no fallback): at most :attr:`queries_per_input` counted queries per input.
 
         ``thresholds`` (a number, [B], or a function of the explained classes [B] -> [B]; deletion
@@ -341,7 +375,9 @@ class Gate:
         input as soon as its pass/fail decision at its threshold is certain (the same decision as the
         full check); an input that stopped early reports the bound on its statistic that decided it.
         Returns ``statistic`` [B], ``p_full`` [B], ``target`` [B], ``scores`` [B, F] (the
-        explanation checked), ``valid`` [B, F] and ``queries`` [B].
+        explanation checked), ``valid`` [B, F], ``queries`` [B], ``early`` [B] (passed after the first
+        stage: a calibrated two-stage gate with ``early=True``; their ``statistic`` is the first pair's term)
+        and, for the contrast statistic, ``terms`` [B, J] (each removal pair's term of T; NaN where not asked).
         """
         bb, masker = self._parts(explainer_or_scores)
         masker.validate(x)
@@ -363,24 +399,55 @@ class Gate:
         if callable(thresholds):  # thresholds of the explained classes (see verify)
             thresholds = thresholds(t)
         queries = torch.ones(b, dtype=torch.long)
+        passed_early = torch.zeros(b, dtype=torch.bool)
+        extra = {}
         with bb.counting() as c1:
             if self.statistic == "contrast":
                 if thresholds is not None:
                     raise ConfigError("the sequential check needs statistic='deletion' or 'relative_deletion'")
-                gen = torch.Generator().manual_seed(self.seed)
-                top = removal_masks(scores, valid, self.fractions, "top")
-                comp = removal_masks(scores, valid, self.fractions, self.comparator, gen)
-                p = _probs_of(bb, masker, x, torch.cat([top, comp], 1), t)  # [B, 2J], one batched call
-                j = len(self.fractions)
-                stat = gate_statistic(p_full, p[:, :j], p[:, j:])
-                queries += 2 * j
+                stat, q, passed_early, extra["terms"] = self._contrast(bb, masker, x, scores, valid, t, p_full,
+                                                                       early and self.two_stage)
+                queries += q
             else:
                 stat, q = self._deletion(bb, masker, x, scores, valid, t, p_full, thresholds)
                 queries += q
         if c0.n + c1.n != int(queries.sum()) or (queries > self.queries_per_input).any():  # the budget is a promise
             raise AssertionError(f"gate spent {c0.n + c1.n} queries for {b} inputs, not {int(queries.sum())}")
         return {"statistic": stat, "p_full": p_full, "target": t, "scores": scores, "valid": valid.cpu(),
-                "queries": queries}
+                "queries": queries, "early": passed_early, **extra}
+
+    def _contrast(self, bb: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, valid: torch.Tensor,
+                  t: torch.Tensor, p_full: torch.Tensor, two_stage: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The contrast statistic; with ``two_stage``, the first removal pair for every input and the other
+        pairs only where its term is at most the cut-off. Returns (statistic [B], removal queries [B],
+        passed early [B], terms [B, J])."""
+        b, j = valid.shape[0], len(self.fractions)
+        gen = torch.Generator().manual_seed(self.seed)
+        top = removal_masks(scores, valid, self.fractions, "top")
+        comp = removal_masks(scores, valid, self.fractions, self.comparator, gen)
+        if not two_stage:
+            p = _probs_of(bb, masker, x, torch.cat([top, comp], 1), t)  # [B, 2J], one batched call
+            stat = gate_statistic(p_full, p[:, :j], p[:, j:])
+            terms = (p[:, j:] - p[:, :j]) / p_full.clamp_min(1e-6)[:, None]
+            return stat, torch.full((b,), 2 * j, dtype=torch.long), torch.zeros(b, dtype=torch.bool), terms
+        e = self.early_index
+        p_top, p_comp = torch.full((b, j), float("nan")), torch.full((b, j), float("nan"))
+        p = _probs_of(bb, masker, x, torch.stack([top[:, e], comp[:, e]], 1), t)  # [B, 2]
+        p_top[:, e], p_comp[:, e] = p[:, 0], p[:, 1]
+        first = (p_comp[:, e] - p_top[:, e]) / p_full.clamp_min(1e-6)
+        passed = first > self.early_threshold
+        queries = torch.full((b,), 2, dtype=torch.long)
+        rest = (~passed).nonzero().flatten()
+        if rest.numel():
+            others = [k for k in range(j) if k != e]
+            dev = masker.device_of(x)
+            sub = masker.select(x, rest.to(dev))
+            p = _probs_of(bb, masker, sub, torch.cat([top[rest][:, others], comp[rest][:, others]], 1), t[rest])
+            p_top[rest[:, None], others], p_comp[rest[:, None], others] = p[:, : len(others)], p[:, len(others):]
+            queries[rest] += 2 * len(others)
+        stat = torch.where(passed, first, gate_statistic(p_full, p_top, p_comp))
+        return stat, queries, passed, (p_comp - p_top) / p_full.clamp_min(1e-6)[:, None]
 
     def _deletion(self, bb: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, valid: torch.Tensor,
                   t: torch.Tensor, p_full: torch.Tensor, thresholds: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -440,7 +507,7 @@ class Gate:
 
         out = self.check(explainer_or_scores, x, target, per_input if self.sequential else None)
         thr = seen["thr"] if "thr" in seen else self.thresholds(x, out["target"])
-        passed = out["statistic"] >= thr
+        passed = out["early"] | (out["statistic"] >= thr)
         final = out["scores"].clone()
         queries = out["queries"].clone()
         name = getattr(explainer_or_scores, "name", "fex") if not isinstance(explainer_or_scores, torch.Tensor) else "given"
@@ -462,7 +529,8 @@ class Gate:
         return {"scores": final, "attributions": masker.expand(final.to(masker.device_of(x)), x),
                 "target": out["target"], "valid": valid, "num_features": valid.sum(1),
                 "passed": passed, "statistic": out["statistic"], "queries": queries, "method": method,
-                "explainer_scores": out["scores"], "threshold": self.threshold, "thresholds": thr}
+                "explainer_scores": out["scores"], "threshold": self.threshold, "thresholds": thr,
+                "early": out["early"]}
 
     def _verify_prescreened(self, explainer_or_scores: Any, x: Any, target: Any) -> dict:
         """:meth:`verify` of the inputs the prescreen flags; the rest keep the explainer's scores,
@@ -486,6 +554,7 @@ class Gate:
         scores, valid = base["scores"].float().cpu().clone(), masker.valid(x).cpu()
         passed = torch.ones(b, dtype=torch.bool)
         statistic = torch.full((b,), float("nan"))
+        early = torch.zeros(b, dtype=torch.bool)
         queries = torch.full((b,), pred_q, dtype=torch.long)
         name = "given" if given else getattr(explainer_or_scores, "name", "fex")
         method = [name] * b
@@ -495,13 +564,14 @@ class Gate:
             inner.prescreen = None
             sub = inner.verify(scores[idx], masker.select(x, idx.to(masker.device_of(x))), t[idx])
             scores[idx], passed[idx], statistic[idx] = sub["scores"], sub["passed"], sub["statistic"]
+            early[idx] = sub["early"]
             queries[idx] += sub["queries"]
             for j, i in enumerate(idx.tolist()):
                 method[i] = name if sub["method"][j] == "given" else sub["method"][j]
         return {"scores": scores, "attributions": masker.expand(scores.to(masker.device_of(x)), x), "target": t,
                 "valid": valid, "num_features": valid.sum(1), "passed": passed, "statistic": statistic,
                 "queries": queries, "method": method, "explainer_scores": base["scores"].float().cpu(),
-                "threshold": self.threshold, "flagged": flagged}
+                "threshold": self.threshold, "flagged": flagged, "early": early}
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, explainer: Any, x_val: Any, alpha: float | None = None, target: Any = None,
@@ -526,15 +596,16 @@ class Gate:
         ref = None
         if reference is not None:
             ref = per_instance(reference, "gate calibration reference")(bb, masker)
-        stats, right, flags = [], [], []
+        stats, right, flags, terms = [], [], [], []
         given = isinstance(explainer, torch.Tensor)  # precomputed scores: sliced along with the inputs
         if given and not isinstance(x_val, (torch.Tensor, dict)):
             raise InputError("calibrating precomputed scores needs x_val as one batch")
         with bb.counting() as c:
             for start, (xb, tb) in zip(range(0, 1 << 62, batch_size), batches(x_val, target, masker, batch_size)):
                 e = explainer[start:start + masker.batch_size(xb)] if given else explainer
-                out = self.check(e, xb, tb)
+                out = self.check(e, xb, tb, early=False)  # the full check: the first stage is calibrated on it
                 stats.append(out["statistic"])
+                terms.append(out.get("terms"))
                 if self.stratified:
                     if self.abnormality is None:
                         raise ConfigError("abnormal_alpha needs abnormality= (a calibrated fex.ood.Prescreen)")
@@ -557,6 +628,8 @@ class Gate:
             self.abnormal_threshold = conformal_threshold(s[keep & flag], self.abnormal_alpha, self.confidence)
         else:
             self.threshold = conformal_threshold(s[keep], self.alpha, self.confidence)
+        if self.early_alpha is not None:
+            self._calibrate_early(torch.cat(terms), s < self.threshold)
         k = conformal_rank(n, self.alpha, self.confidence)
         q = torch.quantile(s[keep].double(), torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)).tolist()
         self.calibration = {"n": int(len(s)), "n_right": n, "alpha": self.alpha, "false_alarm_bound": k / (n + 1),
@@ -566,17 +639,40 @@ class Gate:
                             "statistic_right_vs_wrong_median": [float(s[keep].median()),
                                                                 float(s[~keep].median()) if (~keep).any() else None],
                             "target": bb.fingerprint().get("weights_sha256")}
+        if self.early_alpha is not None:
+            self.calibration.update({"early_alpha": self.early_alpha, "early_index": self.early_index,
+                                     "early_fraction": self.fractions[self.early_index],
+                                     "n_would_fail": int((s < self.threshold).sum()),
+                                     "early_pass_share": float((torch.cat(terms)[:, self.early_index]
+                                                                > self.early_threshold).float().mean())})
         if self.stratified:
             self.calibration.update({"n_right_flagged": int((keep & flag).sum()), "abnormal_alpha": self.abnormal_alpha,
                                      "unflagged_alpha": self.unflagged_alpha(), "flag_rate": float(self.abnormality.rate)})
         return self.threshold
+
+    def _calibrate_early(self, terms: torch.Tensor, would_fail: torch.Tensor) -> None:
+        """The first stage from the validation inputs' pair terms [N, J] and whether the full check fails
+        them [N]: per pair, the cut-off is the ``r``-th smallest term among the m failing inputs,
+        ``r = ceil((1 - early_alpha)(m + 1))`` (none above it can be bounded: +inf when r > m), so a new
+        exchangeable failing input's term exceeds it with probability at most ``early_alpha``; the pair kept
+        is the one whose cut-off the most validation inputs clear (ties: the smaller fraction)."""
+        failing = terms[would_fail]
+        m = failing.shape[0]
+        r = math.ceil((1 - self.early_alpha) * (m + 1))
+        best = None
+        for j in range(terms.shape[1]):
+            cut = math.inf if r > m else float(failing[:, j].sort().values[r - 1])
+            cleared = int((terms[:, j] > cut).sum())
+            if best is None or cleared > best[0]:
+                best = (cleared, j, cut)
+        _, self.early_index, self.early_threshold = best
 
     # ------------------------------------------------------------------ sidecar
     def settings(self) -> dict:
         return {"fractions": list(self.fractions), "comparator": self.comparator, "alpha": self.alpha,
                 "max_queries": self.max_queries, "fallback": self.fallback, "fallback_kwargs": self.fallback_kwargs,
                 "seed": self.seed, "statistic": self.statistic, "abnormal_alpha": self.abnormal_alpha,
-                "confidence": self.confidence}
+                "confidence": self.confidence, "early_alpha": self.early_alpha, "early_index": self.early_index}
 
     def save(self, checkpoint: str | os.PathLike) -> Path:
         """Write ``<checkpoint>.gate.json`` atomically (threshold, settings, checkpoint sha256)."""
@@ -589,6 +685,7 @@ class Gate:
             "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "checkpoint": ckpt.name,
             "checkpoint_sha256": sha256_file(ckpt),
             "threshold": _finite_or_said(self.threshold), "abnormal_threshold": _finite_or_said(self.abnormal_threshold),
+            "early_threshold": _finite_or_said(self.early_threshold),
             **self.settings(), "calibration": self.calibration})
 
     @classmethod
@@ -614,20 +711,23 @@ class Gate:
             raise CheckpointError(f"gate calibration {side.name} is stale: it was made for checkpoint sha256 "
                                   f"{str(meta.get('checkpoint_sha256'))[:12]}, this one is {digest[:12]}; recalibrate")
         kw = {k: meta[k] for k in ("fractions", "comparator", "alpha", "max_queries", "fallback", "fallback_kwargs",
-                                   "seed", "statistic", "abnormal_alpha", "abnormal_threshold", "confidence") if k in meta}
+                                   "seed", "statistic", "abnormal_alpha", "abnormal_threshold", "confidence",
+                                   "early_alpha", "early_index", "early_threshold") if k in meta}
         kw.setdefault("statistic", "contrast")  # sidecars written before the deletion statistic existed
         _check_sidecar_types(side, {"threshold": meta.get("threshold"), **kw})
         kw.update(overrides)
         thr = meta["threshold"]
         if kw.get("abnormal_threshold") == NO_THRESHOLD:
             kw["abnormal_threshold"] = -math.inf
+        if kw.get("early_threshold") == NO_EARLY:
+            kw["early_threshold"] = math.inf
         gate = cls(blackbox=blackbox, masker=masker, threshold=-math.inf if thr == NO_THRESHOLD else thr, **kw)
         gate.calibration = meta.get("calibration", {})
         return gate
 
 
 def _finite_or_said(v: float | None) -> float | str | None:
-    return v if v is None or math.isfinite(v) else NO_THRESHOLD
+    return v if v is None or math.isfinite(v) else (NO_EARLY if v > 0 else NO_THRESHOLD)
 
 
 def _is_number(v: Any) -> bool:
@@ -651,6 +751,10 @@ def _check_sidecar_types(side: Path, meta: dict) -> None:
         "confidence": (lambda v: v is None or (_is_number(v) and 0 < v < 1), "a number in (0, 1) or null"),
         "abnormal_threshold": (lambda v: v is None or _is_number(v) or v == NO_THRESHOLD,
                                f"a finite number, {NO_THRESHOLD!r} or null"),
+        "early_alpha": (lambda v: v is None or (_is_number(v) and 0 < v < 1), "a number in (0, 1) or null"),
+        "early_index": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+                        "a non-negative integer or null"),
+        "early_threshold": (lambda v: v is None or _is_number(v) or v == NO_EARLY, f"a finite number, {NO_EARLY!r} or null"),
     }
     for key, value in meta.items():
         ok, want = checks[key]

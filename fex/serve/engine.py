@@ -43,8 +43,10 @@ def gate_verdicts(engine: "Engine", x: Any, out: dict) -> list[dict] | None:
 
     The gate spends its own black-box queries (``1 + 2J`` per input for the contrast statistic, at most
     ``1 + J`` for the deletion ones, which stop as soon as the verdict is certain); they are reported in
-    the verdict, not in the explanation's ``queries``. A verdict: ``passed``, ``statistic`` (for a
-    deletion statistic that stopped early, the bound that decided it), ``threshold``, ``queries``."""
+    the verdict, not in the explanation's ``queries``; a two-stage contrast gate (``early_alpha``) stops
+    after its first removal pair where it can. A verdict: ``passed``, ``statistic`` (for a deletion statistic
+    that stopped early, the bound that decided it; for an early pass, the first pair's term), ``threshold``,
+    ``queries``, ``early`` (passed after the first stage)."""
     gate = engine.gate
     if gate is None:
         return None
@@ -54,8 +56,9 @@ def gate_verdicts(engine: "Engine", x: Any, out: dict) -> list[dict] | None:
     except FexError as exc:
         log.warning("trust gate failed: %s", exc)
         return None
-    return [{"passed": bool(float(s) >= float(t)), "statistic": round(float(s), 5), "threshold": round(float(t), 5),
-             "queries": int(q)} for s, t, q in zip(chk["statistic"], thr, chk["queries"])]
+    early = chk.get("early", torch.zeros(len(thr), dtype=torch.bool))  # a gate of one stage may not say
+    return [{"passed": bool(e) or float(s) >= float(t), "statistic": round(float(s), 5), "threshold": round(float(t), 5),
+             "queries": int(q), "early": bool(e)} for s, t, q, e in zip(chk["statistic"], thr, chk["queries"], early)]
 
 
 def _floats(t: torch.Tensor, digits: int = 6) -> list:
