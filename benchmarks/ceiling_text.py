@@ -41,6 +41,7 @@ from fex import objective as obj  # noqa: E402
 from fex.bench import load, machine  # noqa: E402
 from fex.io import write_json, write_text  # noqa: E402
 from fex.methods.baselines import KernelShap  # noqa: E402
+from oracles_text import snippets  # noqa: E402  (the benchmark's snippets, one definition)
 
 SHOWN = ("deletion_auc", "insertion_auc", "comprehensiveness", "sufficiency")
 
@@ -115,8 +116,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         a.n, a.chunk, a.masks, a.masks_ceiling, a.masks_pass = min(a.n, 4), 4, 16, 32, 16
     cfg, bb, explainer, ds = load(a.checkpoint, "fex", ["compare.steps=10", *a.overrides])
     masker = explainer.masker
-    pos = [i for i, t in enumerate(ds.texts) if len(t.split()) >= 2][: a.n]
-    texts = [ds.texts[i] for i in pos]
+    texts = [ds.texts[i] for i in snippets(ds, a.n)]
     ks_n = 16 if a.quick else 200
     names = {"fex": "fex (the checkpoint)", "fex2": f"fex, 2 passes (top {a.top:g} first)",
              "v": f"value: Banzhaf of log p at 1/2, {a.masks} masks",
