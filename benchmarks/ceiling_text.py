@@ -20,6 +20,11 @@ Rows, with their target queries per snippet:
   p(y) most, about n^2/2 queries: a ranking built for one metric, the ceiling of any score on it;
 * KernelShap(200) (Captum, as in ``bench_text.py``).
 
+``--rows`` picks the rows (KernelShap always); ``--also NAME=CKPT`` adds other explainers of the same target,
+each with its 1- and 2-pass rows, e.g. the two read-outs of several checkpoints on all 200 snippets:
+
+    python benchmarks/ceiling_text.py --n 200 --rows fex,fex2 --also masked=outputs/bench/text_rt_masked_seed0/explainer.ckpt
+
 Quality only: nothing here is timed (``bench_text.py`` times fex and KernelShap). Writes ceiling.md and
 ceiling.json to --out.
 """
@@ -49,6 +54,11 @@ SHOWN = ("deletion_auc", "insertion_auc", "comprehensiveness", "sufficiency")
 def pick(probs: torch.Tensor, cls: torch.Tensor, b: int, k: int) -> torch.Tensor:
     """Black-box output [B*K, C] -> p(cls) [B, K]."""
     return probs.view(b, k, -1).gather(2, cls.view(b, 1, 1).expand(b, k, 1)).squeeze(2)
+
+
+def ratio(row: dict, ref: dict, key: str) -> float:
+    """row[key] / ref[key]; nan where the reference is 0."""
+    return row[key] / ref[key] if ref[key] else float("nan")
 
 
 def top_share(scores: torch.Tensor, valid: torch.Tensor, share: float) -> torch.Tensor:
@@ -109,6 +119,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--masks-pass", type=int, default=256, help="paired masks per pass of the 2-pass value row")
     p.add_argument("--top", type=float, default=0.2, help="share of words the first pass ranks")
     p.add_argument("--out", default=str(ROOT / "outputs/bench/text_ceiling"))
+    p.add_argument("--rows", default="fex,fex2,v,vc,v2,gd,gi,ks",
+                   help="comma-separated rows to compute: fex,fex2,v,vc,v2,gd,gi,ks (ks is always computed)")
+    p.add_argument("--also", nargs="*", default=[], metavar="NAME=CKPT",
+                   help="more explainers (same target and data) scored like --checkpoint: rows 'NAME' and 'NAME, 2 passes'")
     p.add_argument("--quick", action="store_true", help="4 snippets, small budgets: check that it runs")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of conf/evaluate.yaml")
     a = p.parse_args(argv)
@@ -116,6 +130,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         a.n, a.chunk, a.masks, a.masks_ceiling, a.masks_pass = min(a.n, 4), 4, 16, 32, 16
     cfg, bb, explainer, ds = load(a.checkpoint, "fex", ["compare.steps=10", *a.overrides])
     masker = explainer.masker
+    wanted = set(a.rows.split(",")) | {"ks"}
+    explainers = {"fex": explainer}
+    for spec in a.also:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or name in ("fex", "fex2", "v", "vc", "v2", "gd", "gi", "ks"):
+            p.error(f"--also wants NAME=CKPT with a new NAME, got {spec!r}")
+        explainers[name] = load(path, "fex", ["compare.steps=10", *a.overrides])[2]
     texts = [ds.texts[i] for i in snippets(ds, a.n)]
     ks_n = 16 if a.quick else 200
     names = {"fex": "fex (the checkpoint)", "fex2": f"fex, 2 passes (top {a.top:g} first)",
@@ -123,6 +144,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
              "vc": f"value, {a.masks_ceiling} masks (its ceiling)",
              "v2": f"value, 2 passes (top {a.top:g} first), {a.masks_pass} masks per pass",
              "gd": "greedy deletion", "gi": "greedy insertion", "ks": f"KernelShap({ks_n})"}
+    for name in list(explainers)[1:]:
+        names[name], names[name + "2"] = name, f"{name}, 2 passes (top {a.top:g} first)"
     quality: dict[str, list[dict]] = {}
     queries: dict[str, int] = {}
     for s in range(0, len(texts), a.chunk):
@@ -133,26 +156,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
             cls = bb(x).argmax(-1)
         rows: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            rows["fex"] = explainer.explain(x, cls)["scores"]
-            top = top_share(rows["fex"], valid, a.top)
-            masked = masker.encode(masker.apply(x, (valid & ~top).float().unsqueeze(1)))
-            second = explainer.explain(masked, cls)["scores"][:, : valid.shape[1]]
-            rows["fex2"] = two_pass(rows["fex"], second, top, valid)
+            for name, ex in explainers.items():
+                rows[name] = ex.explain(x, cls)["scores"]
+                if name + "2" in wanted or name != "fex":
+                    top = top_share(rows[name], valid, a.top)
+                    masked = masker.encode(masker.apply(x, (valid & ~top).float().unsqueeze(1)))
+                    second = ex.explain(masked, cls)["scores"][:, : valid.shape[1]]
+                    rows[name + "2"] = two_pass(rows[name], second, top, valid)
         jobs = {"v": lambda: value(bb, masker, x, cls, valid, a.masks, gen),
                 "vc": lambda: value(bb, masker, x, cls, valid, a.masks_ceiling, gen),
                 "gd": lambda: greedy(bb, masker, x, cls, valid, "deletion"),
                 "gi": lambda: greedy(bb, masker, x, cls, valid, "insertion"),
                 "ks": lambda: KernelShap(bb, masker, n_samples=ks_n, seed=int(cfg.seed)).attribute(x, cls)}
         for key, job in jobs.items():
+            if key not in wanted:
+                continue
             with bb.counting() as c:
                 rows[key] = job()
             n = valid.sum(1)
             queries[key] = queries.get(key, 0) + (int((n * (n + 1) // 2).sum()) if key in ("gd", "gi") else c.n)
-        with bb.counting() as c:
-            first = value(bb, masker, x, cls, valid, a.masks_pass, gen)
-            top = top_share(first, valid, a.top)
-            rows["v2"] = two_pass(first, value(bb, masker, x, cls, valid & ~top, a.masks_pass, gen), top, valid)
-        queries["v2"] = queries.get("v2", 0) + c.n
+        if "v2" in wanted:
+            with bb.counting() as c:
+                first = value(bb, masker, x, cls, valid, a.masks_pass, gen)
+                top = top_share(first, valid, a.top)
+                rows["v2"] = two_pass(first, value(bb, masker, x, cls, valid & ~top, a.masks_pass, gen), top, valid)
+            queries["v2"] = queries.get("v2", 0) + c.n
         with bb.uncounted():
             for key, sc in rows.items():
                 q = M.faithfulness(bb, masker, x, sc.float(), cls, steps=10, seed=int(cfg.seed))
@@ -165,7 +193,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             v = torch.cat([pp[k] for pp in parts]).float()
             row[k], row[f"{k}_sem"] = float(v.mean()), float(v.std() / len(v) ** 0.5)
         table.append(row)
-    order = ["fex", "fex2", "v", "vc", "v2", "gd", "gi", "ks"]
+    order = ["fex", "fex2", *[k for n in list(explainers)[1:] for k in (n, n + "2")], "v", "vc", "v2", "gd", "gi", "ks"]
     table.sort(key=lambda r: order.index(next(k for k, v in names.items() if v == r["method"])))
     ks = table[-1]
     n_words = float(masker.valid(masker.encode(texts)).sum(1).float().mean())
@@ -177,9 +205,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for r in table:
         lines.append(f"| {r['method']} | {r['queries_per_snippet']:.0f} | {r['deletion_auc']:.4f} ± {r['deletion_auc_sem']:.4f} "
                      f"| {r['insertion_auc']:.4f} ± {r['insertion_auc_sem']:.4f} | {r['comprehensiveness']:.4f} | "
-                     f"{r['sufficiency']:.4f} | {r['deletion_auc'] / ks['deletion_auc']:.3f} | "
-                     f"{r['insertion_auc'] / ks['insertion_auc']:.3f} | "
-                     f"{r['comprehensiveness'] / ks['comprehensiveness']:.3f} |")
+                     f"{r['sufficiency']:.4f} | {ratio(r, ks, 'deletion_auc'):.3f} | "
+                     f"{ratio(r, ks, 'insertion_auc'):.3f} | {ratio(r, ks, 'comprehensiveness'):.3f} |")
     text = "\n".join(lines) + "\n\n(± standard error of the mean over snippets)\n"
     print(text)
     write_text(Path(a.out) / "ceiling.md", text)
