@@ -21,6 +21,9 @@
    it, 3 check queries where the first pair's term clears the calibrated cut-off, the full check
    otherwise (``passed early`` column; the end-to-end ``Gate.verify`` comparison checks this accounting); the
    same measurements scored as the one-stage gate follow as ``(one stage)`` rows, side by side.
+   The gate records ``--probes`` target probes (default 8, :mod:`fex.target_probe`): on a target that answers
+   them differently (``other_target``) every explanation fails with no removal query; ``--probes 0`` is the
+   gate as measured before session 11.
 5. With ``--proxy-checkpoint`` (an explainer trained on ``target=mnist_proxy``): screen it on the real
    target, gate it, and compare fidelity and total target-query cost with the directly trained one.
 
@@ -71,7 +74,7 @@ def make_gate(args, bb: BlackBox, masker) -> Gate:
     kw = {} if fr is None else {"fractions": tuple(float(f) for f in fr.split(","))}
     if args.early_alpha is not None:
         kw["early_alpha"] = args.early_alpha
-    return Gate(bb, masker, alpha=args.alpha, statistic=args.statistic, **kw)
+    return Gate(bb, masker, alpha=args.alpha, statistic=args.statistic, probes=args.probes, **kw)
 
 
 def deletion(bb: BlackBox, masker, x, scores, target, steps: int | None = None) -> torch.Tensor:
@@ -104,6 +107,7 @@ def measure(explainer, bb: BlackBox, x, gate: Gate, batch_size: int, steps: int 
             r = ref.attribute(xb, t)
             t_ref += time.perf_counter() - t0
         acc["statistic"].append(out["statistic"])
+        out["queries"][:1] += out["probe_queries"]  # the target probe, asked once per target, paid by the first input
         acc["check_queries"].append(out["queries"])
         acc["n_features"].append(out["valid"].sum(1))
         acc["terms"].append(out.get("terms", torch.zeros(len(t), 0)))
@@ -300,6 +304,8 @@ def main() -> None:
     ap.add_argument("--early-alpha", type=float, default=None,
                     help="a two-stage contrast gate (fex.gate early_alpha): one removal pair first, the rest only where "
                          "its term does not clear the calibrated cut-off (scored at the first margin)")
+    ap.add_argument("--probes", type=int, default=8,
+                    help="target probes the gate records (fex.target_probe; 0: none, the gate measured before session 11)")
     ap.add_argument("--statistic", choices=STATISTICS, default="contrast",
                     help="the gate's statistic (fex.gate); the deletion ones are measured with every size asked, "
                          "so their check queries are the most a sequential check spends")

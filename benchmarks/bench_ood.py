@@ -26,7 +26,12 @@
    ``other_family``. Fresh (added in session 8 together with the two ``relative deletion`` gates, before
    any gate had been run on them): ``scale`` (digits shrunk to 60%, centred), ``photo_patches``
    (grayscale patches of scikit-learn's sample photographs) and ``linear_family`` (the explainer used on
-   a softmax regression trained here). Per scenario and gate: catch rate (failed | wrong), false alarms (failed | right),
+   a softmax regression trained here). Fresh in session 11 (added with the ``+ target probe`` gates, before
+   any gate had been run on them): ``hflip`` (digits mirrored), ``printed_letters`` (capital letters in
+   Pillow's font) and ``forest_family`` (the explainer used on a random forest trained here). The ``+ target
+   probe`` gates record the target's answers to 8 half-masked validation digits at calibration and fail every
+   explanation of a target that answers them differently (``Gate(probes=8)``, :mod:`fex.target_probe`); the
+   other gates have no probe (``probes=0``), as they were measured before. Per scenario and gate: catch rate (failed | wrong), false alarms (failed | right),
    check queries per input (counted) and queries with FeatureAblation fallbacks; a summary per gate;
    ``gate_per_input.pt`` with every input's statistics.
 
@@ -54,8 +59,8 @@ from fex.blackbox import BlackBox  # noqa: E402
 from fex.gate import Gate, Screen  # noqa: E402
 from fex.io import write_json, write_text  # noqa: E402
 from fex.ood import AttributionAbnormality, GradientAbnormality, Prescreen, auroc  # noqa: E402
-from fex.shifts import (PermutedExplainer, invert_images, noise_images, photo_patches, rotate_images,  # noqa: E402
-                        scale_images, sklearn_digits, translate_images)
+from fex.shifts import (PermutedExplainer, flip_images, invert_images, noise_images, photo_patches,  # noqa: E402
+                        printed_letters, rotate_images, scale_images, sklearn_digits, translate_images)
 from fex.config import build_data  # noqa: E402
 
 DESIGNED = ("inverted", "noise")
@@ -69,7 +74,8 @@ def stack(ds, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 def shifted(x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"inverted": invert_images(x), "noise": noise_images(x), "rot90": rotate_images(x),
             "translate": translate_images(x, dx=6), "sklearn_digits": sklearn_digits(size=x.shape[-1], n=len(x))[0],
-            "scale": scale_images(x, 0.6), "photo_patches": photo_patches(size=x.shape[-1], n=len(x))}
+            "scale": scale_images(x, 0.6), "photo_patches": photo_patches(size=x.shape[-1], n=len(x)),
+            "hflip": flip_images(x), "printed_letters": printed_letters(size=x.shape[-1], n=len(x))}
 
 
 def train_mlp(x: torch.Tensor, y: torch.Tensor, epochs: int = 30, seed: int = 0, hidden: int | None = 256) -> nn.Module:
@@ -90,11 +96,27 @@ def train_mlp(x: torch.Tensor, y: torch.Tensor, epochs: int = 30, seed: int = 0,
 HELD_OUT = ("rot90", "translate", "sklearn_digits", "other_family")  # never used to design or calibrate a gate
 # added (session 8) together with the relative_deletion gates, before any gate had been run on them
 FRESH = ("scale", "photo_patches", "linear_family")
+# added (session 11) together with the target-probe gates, before any gate had been run on them
+FRESH_11 = ("hflip", "printed_letters", "forest_family")
+
+
+class Forest:
+    """A random forest (another model family) as a black box: images -> class probabilities."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> None:
+        from sklearn.ensemble import RandomForestClassifier  # third-party, only this scenario needs it
+
+        self.model = RandomForestClassifier(n_estimators=200, random_state=seed, n_jobs=1)
+        self.model.fit(x.flatten(1).numpy(), y.numpy())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(self.model.predict_proba(x.detach().cpu().flatten(1).numpy()), dtype=torch.float32)
 
 
 def gate_variants(bb: BlackBox, masker, pre: Prescreen, a) -> dict[str, tuple[Gate, bool]]:
     """The gates compared side by side: name -> (gate, routed by the prescreen). The first is the reference."""
     def make(**kw):
+        kw.setdefault("probes", 0)
         return Gate(bb, masker, alpha=a.alpha, fallback=None, confidence=a.confidence, **kw)
 
     fr = tuple(float(f) for f in a.deletion_fractions.split(","))
@@ -106,7 +128,12 @@ def gate_variants(bb: BlackBox, masker, pre: Prescreen, a) -> dict[str, tuple[Ga
             "relative deletion, sequential": (make(statistic="relative_deletion", fractions=fr), False),
             "relative deletion + abnormality strata": (make(statistic="relative_deletion", fractions=fr,
                                                             abnormality=pre, abnormal_alpha=a.abnormal_alpha), False),
-            "contrast, two stages by queries": (make(early_alpha=a.early_alpha), False)}
+            "contrast, two stages by queries": (make(early_alpha=a.early_alpha), False),
+            "contrast + target probe": (make(probes=8), False),
+            "relative deletion + target probe": (make(statistic="relative_deletion", fractions=fr, probes=8), False),
+            "relative deletion + abnormality strata + target probe": (make(
+                statistic="relative_deletion", fractions=fr, abnormality=pre, abnormal_alpha=a.abnormal_alpha,
+                probes=8), False)}
     if not a.gates:
         return every
     names = [n.strip() for n in a.gates.split(";")]
@@ -149,8 +176,9 @@ def gate_outcome(gate: Gate, routed: bool, pre: Prescreen, bb: BlackBox, masker,
         thr = g.thresholds(xb, t)
         with bb.counting() as c:
             out = g.check(sc, xb, t, thr if g.sequential else None)
-        if c.n != int(out["queries"].sum()):
+        if c.n != int(out["queries"].sum()) + out["probe_queries"]:
             raise AssertionError("uncounted gate queries")
+        out["queries"][:1] += out["probe_queries"]  # the probe, asked once per target, paid by the first input
         acc["checked"].append(checked)
         acc["statistic"].append(out["statistic"])
         acc["threshold"].append(thr)
@@ -164,7 +192,8 @@ def gate_outcome(gate: Gate, routed: bool, pre: Prescreen, bb: BlackBox, masker,
 def rates(name: str, gate_name: str, lab: dict, o: dict, n_features: int) -> dict:
     wrong, failed = lab["wrong"], o["failed"]
     q_total = o["queries"] + failed.long() * (n_features + 1)  # a failed input also runs FeatureAblation
-    return {"scenario": name, "held_out": name in HELD_OUT + FRESH, "fresh": name in FRESH, "gate": gate_name,
+    return {"scenario": name, "held_out": name in HELD_OUT + FRESH + FRESH_11, "fresh": name in FRESH + FRESH_11,
+            "fresh_11": name in FRESH_11, "gate": gate_name,
             "n": len(wrong),
             "n_wrong": int(wrong.sum()), "wrong": float(wrong.float().mean()),
             "catch_rate": float(failed[wrong].float().mean()) if wrong.any() else None,
@@ -252,9 +281,12 @@ def main(argv: list[str] | None = None) -> dict:
     lin = train_mlp(xtr, ytr, a.mlp_epochs, hidden=None)
     lin_bb = BlackBox(lin, output="logits", num_classes=10)
     lin_acc = float((lin(xt).argmax(1) == labels_of(test, len(xt))).float().mean())
+    forest = Forest(xtr, ytr)
+    forest_bb = BlackBox(forest, output="probs", num_classes=10)
+    forest_acc = float((forest(xt).argmax(1) == labels_of(test, len(xt))).float().mean())
     scenarios = [("in_distribution", explainer, bb, xt), *[(k, explainer, bb, v) for k, v in shifts.items()],
                  ("corrupted", PermutedExplainer(explainer), bb, xt), ("other_family", explainer, mlp_bb, xt),
-                 ("linear_family", explainer, lin_bb, xt)]
+                 ("linear_family", explainer, lin_bb, xt), ("forest_family", explainer, forest_bb, xt)]
     rows, per_input, screens = [], {}, {}
     nf = int(masker.num_features(xt))
     for name, e, b, x in scenarios:
@@ -273,7 +305,8 @@ def main(argv: list[str] | None = None) -> dict:
             screens[name]["wrong_share"] = float(lab["wrong"].float().mean())
             print("screen", name, screens[name], flush=True)
     torch.save(per_input, out / "gate_per_input.pt")
-    res.update({"prescreen_threshold": pre.threshold, "mlp_test_accuracy": mlp_acc, "linear_test_accuracy": lin_acc, "calibration": calib,
+    res.update({"prescreen_threshold": pre.threshold, "mlp_test_accuracy": mlp_acc, "linear_test_accuracy": lin_acc,
+                "forest_test_accuracy": forest_acc, "calibration": calib,
                 "n_cal": len(x_cal), "n_cal_right": int(right.sum()), "abnormal_alpha": a.abnormal_alpha,
                 "deletion_fractions": a.deletion_fractions, "gate": rows, "screen": screens})
     write_json(out / "ood.json", res)
@@ -317,21 +350,26 @@ def markdown(res: dict) -> str:
     by = {(r["scenario"], r["gate"]): r for r in res["gate"]}
     held = [s for s in HELD_OUT if any(k[0] == s for k in by)]
     fresh = [s for s in FRESH if any(k[0] == s for k in by)]
+    fresh11 = [s for s in FRESH_11 if any(k[0] == s for k in by)]
     lines += ["", "Summary: catch rate on the held-out shifts (target >= 0.90 on >= 3; the fresh ones, marked *, were "
-                  "added with the relative gates and never looked at before), in-distribution false alarms "
+                  "added with the relative gates and never looked at before; those marked **, with the target-probe "
+                  "gates in session 11), in-distribution false alarms "
                   f"(target <= 0.10) and check queries per in-distribution input; linear_family: a softmax regression, "
-                  f"test accuracy {res.get('linear_test_accuracy', float('nan')):.3f}:", "",
-              "| gate | " + " | ".join(held + [s + "*" for s in fresh]) + " | held-out >= 0.90 | fresh* >= 0.90 "
-              "| ID false alarms | ID check queries |",
-              "|---|" + "---|" * (len(held) + len(fresh) + 4)]
+                  f"test accuracy {res.get('linear_test_accuracy', float('nan')):.3f}; forest_family: a random forest, "
+                  f"test accuracy {res.get('forest_test_accuracy', float('nan')):.3f}:", "",
+              "| gate | " + " | ".join(held + [s + "*" for s in fresh] + [s + "**" for s in fresh11])
+              + " | held-out >= 0.90 | fresh* >= 0.90 | fresh** >= 0.90 | ID false alarms | ID check queries |",
+              "|---|" + "---|" * (len(held) + len(fresh) + len(fresh11) + 5)]
     for g in gates:
         c = [by[(s, g)]["catch_rate"] for s in held]
         cf = [by[(s, g)]["catch_rate"] for s in fresh]
+        c11 = [by[(s, g)]["catch_rate"] for s in fresh11]
         ok = sum(v is not None and v >= 0.9 for v in c)
         okf = sum(v is not None and v >= 0.9 for v in cf)
+        ok11 = sum(v is not None and v >= 0.9 for v in c11)
         i = by[("in_distribution", g)]
-        lines.append(f"| {g} | " + " | ".join(f(v) for v in c + cf) + f" | {ok} of {len(held)} | {okf} of {len(fresh)} "
-                     f"| {f(i['false_alarms'])} | {i['check_queries_per_input']:.2f} |")
+        lines.append(f"| {g} | " + " | ".join(f(v) for v in c + cf + c11) + f" | {ok} of {len(held)} | {okf} of "
+                     f"{len(fresh)} | {ok11} of {len(fresh11)} | {f(i['false_alarms'])} | {i['check_queries_per_input']:.2f} |")
     if res.get("screen"):
         lines += ["", "Task-level screen per scenario (deletion fidelity >= 0.9 x FeatureAblation's, alpha 0.05, at most 50 "
                       "inputs, anytime-valid): decision, inputs used, target queries, estimated fidelity ratio, and the "

@@ -56,6 +56,13 @@ cut-off is calibrated on the validation inputs the full check fails: a conformal
 first-stage term, so that a new exchangeable input the full check would fail passes early with
 probability at most ``early_alpha``. The pair is the one that lets the most validation inputs pass early.
 
+**A changed target** (``probes=``, default 8): calibration also records the target's answers to a few
+half-masked validation inputs (:class:`fex.target_probe.TargetProbe`, saved in the sidecar). Before the first
+check against a black box the gate asks them again (``probes`` queries, once per black-box object); if the
+answers moved by more than ``probe_tolerance`` (mean total variation), the model behind the explainer is not
+the one it was calibrated for, and every explanation fails without removal queries (``target_changed``).
+This is the black-box counterpart of the weight hash a white-box target is checked by when a checkpoint loads.
+
 The task-level screen (is this explainer good enough on this target at all?) is :mod:`fex.screen`;
 its names are importable from here too.
 """
@@ -67,6 +74,7 @@ import hashlib
 import json
 import math
 import os
+import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -79,6 +87,7 @@ from fex.io import write_json
 from fex.maskers.base import Masker
 from fex.methods import per_instance, scores_of
 from fex.module import ExplainerModule
+from fex.target_probe import TargetProbe
 from fex.screen import FIDELITY_METRICS, Screen, SequentialTest, batches, betting_step, fidelity  # noqa: F401 (re-exported)
 
 SIDECAR_SUFFIX = ".gate.json"
@@ -243,6 +252,9 @@ class Gate:
             full check would fail that may pass after the first removal pair. None: one stage.
         early_index, early_threshold: the first stage's removal pair (index into ``fractions``) and cut-off;
             set by :meth:`calibrate` or :meth:`load`.
+        probes: how many target probes :meth:`calibrate` records (0: none), to notice a changed target
+            (module docstring); ``probe_tolerance`` the mean total-variation distance still taken as the same.
+        probe: a recorded :class:`fex.target_probe.TargetProbe`; set by :meth:`calibrate` or :meth:`load`.
     """
 
     def __init__(self, blackbox: BlackBox | None = None, masker: Masker | None = None,
@@ -252,7 +264,8 @@ class Gate:
                  prescreen: Any = None, statistic: str = "contrast", abnormality: Any = None,
                  abnormal_alpha: float | None = None, abnormal_threshold: float | None = None,
                  confidence: float | None = None, early_alpha: float | None = None,
-                 early_index: int | None = None, early_threshold: float | None = None) -> None:
+                 early_index: int | None = None, early_threshold: float | None = None, probes: int = 8,
+                 probe_tolerance: float = 1e-3, probe: TargetProbe | None = None) -> None:
         self.fractions = tuple(float(f) for f in fractions)
         if not self.fractions or not all(0 < f <= 1 for f in self.fractions):
             raise ConfigError(f"gate fractions must be in (0, 1], got {list(self.fractions)}")
@@ -307,7 +320,27 @@ class Gate:
         self.abnormality = abnormality
         self.abnormal_alpha = None if abnormal_alpha is None else float(abnormal_alpha)
         self.abnormal_threshold = None if abnormal_threshold is None else float(abnormal_threshold)
+        if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0:
+            raise ConfigError(f"gate probes must be an integer >= 0, got {probes!r}")
+        if not (_is_number(probe_tolerance) and probe_tolerance >= 0):
+            raise ConfigError(f"gate probe_tolerance must be a finite number >= 0, got {probe_tolerance!r}")
+        self.probes, self.probe_tolerance, self.probe = int(probes), float(probe_tolerance), probe
+        self._probed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # black box -> probe distance
         self.calibration: dict = {}
+
+    def probe_distance(self, blackbox: BlackBox) -> float | None:
+        """The recorded probe's distance to ``blackbox`` (asked once per black-box object, then remembered);
+        None without a probe."""
+        if self.probe is None:
+            return None
+        if blackbox not in self._probed:
+            self._probed[blackbox] = self.probe.distance(blackbox)
+        return self._probed[blackbox]
+
+    def target_changed(self, blackbox: BlackBox) -> bool:
+        """Whether ``blackbox`` answers the recorded probes differently from the calibration's target."""
+        d = self.probe_distance(blackbox)
+        return d is not None and d > self.probe_tolerance
 
     @property
     def queries_per_input(self) -> int:
@@ -377,7 +410,9 @@ class Gate:
         Returns ``statistic`` [B], ``p_full`` [B], ``target`` [B], ``scores`` [B, F] (the
         explanation checked), ``valid`` [B, F], ``queries`` [B], ``early`` [B] (passed after the first
         stage: a calibrated two-stage gate with ``early=True``; their ``statistic`` is the first pair's term)
-        and, for the contrast statistic, ``terms`` [B, J] (each removal pair's term of T; NaN where not asked).
+        and, for the contrast statistic, ``terms`` [B, J] (each removal pair's term of T; NaN where not asked),
+        ``target_changed`` (the recorded probe says this is not the calibrated target: every statistic -inf, no
+        removal query) and ``probe_queries`` (the probe's queries, asked in this call: 0 once this black box is known).
         """
         bb, masker = self._parts(explainer_or_scores)
         masker.validate(x)
@@ -401,8 +436,14 @@ class Gate:
         queries = torch.ones(b, dtype=torch.long)
         passed_early = torch.zeros(b, dtype=torch.bool)
         extra = {}
+        with bb.counting() as cp:  # outside the per-input count: asked once per black box
+            changed = self.target_changed(bb)
         with bb.counting() as c1:
-            if self.statistic == "contrast":
+            if changed:  # not the calibrated target: no removal query can make its threshold meaningful
+                stat = torch.full((b,), -math.inf)
+                if self.statistic == "contrast":
+                    extra["terms"] = torch.full((b, len(self.fractions)), float("nan"))
+            elif self.statistic == "contrast":
                 if thresholds is not None:
                     raise ConfigError("the sequential check needs statistic='deletion' or 'relative_deletion'")
                 stat, q, passed_early, extra["terms"] = self._contrast(bb, masker, x, scores, valid, t, p_full,
@@ -414,7 +455,7 @@ class Gate:
         if c0.n + c1.n != int(queries.sum()) or (queries > self.queries_per_input).any():  # the budget is a promise
             raise AssertionError(f"gate spent {c0.n + c1.n} queries for {b} inputs, not {int(queries.sum())}")
         return {"statistic": stat, "p_full": p_full, "target": t, "scores": scores, "valid": valid.cpu(),
-                "queries": queries, "early": passed_early, **extra}
+                "queries": queries, "early": passed_early, "target_changed": changed, "probe_queries": cp.n, **extra}
 
     def _contrast(self, bb: BlackBox, masker: Masker, x: Any, scores: torch.Tensor, valid: torch.Tensor,
                   t: torch.Tensor, p_full: torch.Tensor, two_stage: bool
@@ -530,7 +571,7 @@ class Gate:
                 "target": out["target"], "valid": valid, "num_features": valid.sum(1),
                 "passed": passed, "statistic": out["statistic"], "queries": queries, "method": method,
                 "explainer_scores": out["scores"], "threshold": self.threshold, "thresholds": thr,
-                "early": out["early"]}
+                "early": out["early"], "target_changed": out["target_changed"]}
 
     def _verify_prescreened(self, explainer_or_scores: Any, x: Any, target: Any) -> dict:
         """:meth:`verify` of the inputs the prescreen flags; the rest keep the explainer's scores,
@@ -571,7 +612,8 @@ class Gate:
         return {"scores": scores, "attributions": masker.expand(scores.to(masker.device_of(x)), x), "target": t,
                 "valid": valid, "num_features": valid.sum(1), "passed": passed, "statistic": statistic,
                 "queries": queries, "method": method, "explainer_scores": base["scores"].float().cpu(),
-                "threshold": self.threshold, "flagged": flagged, "early": early}
+                "threshold": self.threshold, "flagged": flagged, "early": early,
+                "target_changed": self.target_changed(bb)}
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, explainer: Any, x_val: Any, alpha: float | None = None, target: Any = None,
@@ -596,7 +638,8 @@ class Gate:
         ref = None
         if reference is not None:
             ref = per_instance(reference, "gate calibration reference")(bb, masker)
-        stats, right, flags, terms = [], [], [], []
+        stats, right, flags, terms, first = [], [], [], [], None
+        self.probe, self._probed = None, weakref.WeakKeyDictionary()  # a new calibration: its own target
         given = isinstance(explainer, torch.Tensor)  # precomputed scores: sliced along with the inputs
         if given and not isinstance(x_val, (torch.Tensor, dict)):
             raise InputError("calibrating precomputed scores needs x_val as one batch")
@@ -604,6 +647,7 @@ class Gate:
             for start, (xb, tb) in zip(range(0, 1 << 62, batch_size), batches(x_val, target, masker, batch_size)):
                 e = explainer[start:start + masker.batch_size(xb)] if given else explainer
                 out = self.check(e, xb, tb, early=False)  # the full check: the first stage is calibrated on it
+                first = xb if first is None else first
                 stats.append(out["statistic"])
                 terms.append(out.get("terms"))
                 if self.stratified:
@@ -615,6 +659,12 @@ class Gate:
                     d_e = M.deletion_auc(bb, masker, xb, out["scores"], t, steps).cpu()
                     d_r = M.deletion_auc(bb, masker, xb, ref.attribute(xb, t), t, steps).cpu()
                     right.append(d_e - d_r <= margin)
+        probe_queries = 0
+        if self.probes:
+            with bb.counting() as cp:
+                self.probe = TargetProbe.record(bb, masker, first, self.probes, self.seed, self.probe_tolerance)
+            probe_queries = cp.n
+            self._probed[bb] = 0.0  # the calibration's own target: the answers were just recorded
         s = torch.cat(stats)
         keep = torch.cat(right) if right else torch.ones_like(s, dtype=torch.bool)
         n = int(keep.sum())
@@ -638,7 +688,7 @@ class Gate:
                             "queries": int(c.n), "statistic_quantiles": dict(zip(["q05", "q25", "q50", "q75", "q95"], q)),
                             "statistic_right_vs_wrong_median": [float(s[keep].median()),
                                                                 float(s[~keep].median()) if (~keep).any() else None],
-                            "target": bb.fingerprint().get("weights_sha256")}
+                            "target": bb.fingerprint().get("weights_sha256"), "probe_queries": probe_queries}
         if self.early_alpha is not None:
             self.calibration.update({"early_alpha": self.early_alpha, "early_index": self.early_index,
                                      "early_fraction": self.fractions[self.early_index],
@@ -672,7 +722,8 @@ class Gate:
         return {"fractions": list(self.fractions), "comparator": self.comparator, "alpha": self.alpha,
                 "max_queries": self.max_queries, "fallback": self.fallback, "fallback_kwargs": self.fallback_kwargs,
                 "seed": self.seed, "statistic": self.statistic, "abnormal_alpha": self.abnormal_alpha,
-                "confidence": self.confidence, "early_alpha": self.early_alpha, "early_index": self.early_index}
+                "confidence": self.confidence, "early_alpha": self.early_alpha, "early_index": self.early_index,
+                "probes": self.probes, "probe_tolerance": self.probe_tolerance}
 
     def save(self, checkpoint: str | os.PathLike) -> Path:
         """Write ``<checkpoint>.gate.json`` atomically (threshold, settings, checkpoint sha256)."""
@@ -686,6 +737,7 @@ class Gate:
             "checkpoint_sha256": sha256_file(ckpt),
             "threshold": _finite_or_said(self.threshold), "abnormal_threshold": _finite_or_said(self.abnormal_threshold),
             "early_threshold": _finite_or_said(self.early_threshold),
+            "probe": None if self.probe is None else self.probe.state(),
             **self.settings(), "calibration": self.calibration})
 
     @classmethod
@@ -712,8 +764,10 @@ class Gate:
                                   f"{str(meta.get('checkpoint_sha256'))[:12]}, this one is {digest[:12]}; recalibrate")
         kw = {k: meta[k] for k in ("fractions", "comparator", "alpha", "max_queries", "fallback", "fallback_kwargs",
                                    "seed", "statistic", "abnormal_alpha", "abnormal_threshold", "confidence",
-                                   "early_alpha", "early_index", "early_threshold") if k in meta}
+                                   "early_alpha", "early_index", "early_threshold", "probes", "probe_tolerance")
+              if k in meta}
         kw.setdefault("statistic", "contrast")  # sidecars written before the deletion statistic existed
+        kw.setdefault("probes", 0)  # sidecars written before target probes existed record none
         _check_sidecar_types(side, {"threshold": meta.get("threshold"), **kw})
         kw.update(overrides)
         thr = meta["threshold"]
@@ -721,6 +775,8 @@ class Gate:
             kw["abnormal_threshold"] = -math.inf
         if kw.get("early_threshold") == NO_EARLY:
             kw["early_threshold"] = math.inf
+        if meta.get("probe") is not None and "probe" not in kw:
+            kw["probe"] = TargetProbe.from_state(meta["probe"], f"gate calibration {side.name}")
         gate = cls(blackbox=blackbox, masker=masker, threshold=-math.inf if thr == NO_THRESHOLD else thr, **kw)
         gate.calibration = meta.get("calibration", {})
         return gate
@@ -755,6 +811,8 @@ def _check_sidecar_types(side: Path, meta: dict) -> None:
         "early_index": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
                         "a non-negative integer or null"),
         "early_threshold": (lambda v: v is None or _is_number(v) or v == NO_EARLY, f"a finite number, {NO_EARLY!r} or null"),
+        "probes": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a non-negative integer"),
+        "probe_tolerance": (lambda v: _is_number(v) and v >= 0, "a non-negative number"),
     }
     for key, value in meta.items():
         ok, want = checks[key]

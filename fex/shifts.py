@@ -3,9 +3,10 @@
 Letters: B batch, F features, C channels, H W pixels.
 
 * Images ([B, C, H, W] in [0, 1]): :func:`invert_images` and :func:`noise_images`, out of distribution;
-  geometric ones, :func:`rotate_images`, :func:`translate_images` and :func:`scale_images`; other
-  data, :func:`sklearn_digits` (scikit-learn's 8x8 digits, upscaled) and :func:`photo_patches`
-  (grayscale patches of scikit-learn's two sample photographs).
+  geometric ones, :func:`rotate_images`, :func:`translate_images`, :func:`scale_images` and
+  :func:`flip_images`; other data, :func:`sklearn_digits` (scikit-learn's 8x8 digits, upscaled),
+  :func:`photo_patches` (grayscale patches of scikit-learn's two sample photographs) and
+  :func:`printed_letters` (capital letters in Pillow's bundled font).
 * Text (lists of strings): :func:`shuffle_words` (each snippet's words in a random order) and
   :func:`replace_words` (a random share of each snippet's words swapped for other words of the
   batch), out of distribution.
@@ -62,6 +63,33 @@ def scale_images(x: torch.Tensor, factor: float = 0.6) -> torch.Tensor:
     top, left = (h - sh) // 2, (w - sw) // 2
     out[..., top:top + sh, left:left + sw] = small.view(*x.shape[:-2], sh, sw)
     return out
+
+
+def flip_images(x: torch.Tensor) -> torch.Tensor:
+    """Each image mirrored left to right."""
+    return x.flip(-1)
+
+
+def printed_letters(size: int = 28, n: int = 300, seed: int = 0) -> torch.Tensor:
+    """``n`` white capital letters A-Z on black, drawn with Pillow's bundled scalable font at a random size
+    (55-85% of ``size``) and place (another kind of character entirely): [n, 1, size, size] in [0, 1]."""
+    from PIL import Image, ImageDraw, ImageFont  # third-party, only this shift needs it
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        letter = chr(ord("A") + int(torch.randint(0, 26, (1,), generator=g)))
+        px = int(size * (0.55 + 0.3 * float(torch.rand(1, generator=g))))
+        font = ImageFont.load_default(size=px)
+        im = Image.new("L", (size, size))
+        draw = ImageDraw.Draw(im)
+        left, top, right, bottom = draw.textbbox((0, 0), letter, font=font)
+        w, h = right - left, bottom - top
+        dx = int(torch.randint(0, max(1, size - w), (1,), generator=g)) - left
+        dy = int(torch.randint(0, max(1, size - h), (1,), generator=g)) - top
+        draw.text((dx, dy), letter, fill=255, font=font)
+        out.append(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size).float() / 255.0)
+    return torch.stack(out)[:, None]
 
 
 def photo_patches(size: int = 28, n: int = 300, crop: int = 84, seed: int = 0) -> torch.Tensor:

@@ -126,8 +126,11 @@ def test_sidecar_keeps_the_first_stage_and_serving_uses_it(tmp_path):
     verdicts = gate_verdicts(SimpleNamespace(gate=back), x[100:], out)
     assert mine["early"].any() and not mine["early"].all()  # both stages are exercised (measured: 17 of 20 early)
     assert [v["early"] for v in verdicts] == mine["early"].tolist()
-    assert [v["queries"] for v in verdicts] == mine["queries"].tolist()
+    probe = torch.zeros(20, dtype=torch.long)
+    probe[0] = len(back.probe)  # the loaded gate asks its target probe once, on the request that comes first
+    assert [v["queries"] for v in verdicts] == (mine["queries"] + probe).tolist() and len(back.probe) == 8
     assert [v["passed"] for v in verdicts] == (mine["early"] | (mine["statistic"] >= gate.threshold)).tolist()
+    assert not any(v["target_changed"] for v in verdicts)
     side = sidecar_path(ckpt)
     meta = json.loads(side.read_text())
     meta["early_threshold"] = "inf"  # said, not a number: no input passes early

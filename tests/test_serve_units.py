@@ -75,7 +75,7 @@ def test_gate_verdicts_are_attached(engine):
     for r in res:
         top = max(r["scores"])
         assert r["verdict"] == {"passed": top >= 0.5, "statistic": pytest.approx(top, abs=1e-5), "threshold": 0.5,
-                                "queries": 7, "early": False}
+                                "queries": 7, "early": False, "target_changed": False}
     assert engine.explain_many([body(x[:1])])[0]["verdict"] is None
 
 

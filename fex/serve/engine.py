@@ -12,6 +12,7 @@ that request only; the rest of the batch is answered.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from typing import Any
@@ -46,7 +47,9 @@ def gate_verdicts(engine: "Engine", x: Any, out: dict) -> list[dict] | None:
     the verdict, not in the explanation's ``queries``; a two-stage contrast gate (``early_alpha``) stops
     after its first removal pair where it can. A verdict: ``passed``, ``statistic`` (for a deletion statistic
     that stopped early, the bound that decided it; for an early pass, the first pair's term), ``threshold``,
-    ``queries``, ``early`` (passed after the first stage)."""
+    ``queries``, ``early`` (passed after the first stage), ``target_changed`` (the gate's target probe says the
+    model behind the explainer is not the calibrated one: every verdict fails). The probe's own queries, asked
+    once per target, are added to the first verdict of the request that asked them."""
     gate = engine.gate
     if gate is None:
         return None
@@ -57,8 +60,12 @@ def gate_verdicts(engine: "Engine", x: Any, out: dict) -> list[dict] | None:
         log.warning("trust gate failed: %s", exc)
         return None
     early = chk.get("early", torch.zeros(len(thr), dtype=torch.bool))  # a gate of one stage may not say
-    return [{"passed": bool(e) or float(s) >= float(t), "statistic": round(float(s), 5), "threshold": round(float(t), 5),
-             "queries": int(q), "early": bool(e)} for s, t, q, e in zip(chk["statistic"], thr, chk["queries"], early)]
+    queries = chk["queries"].clone()
+    queries[:1] += int(chk.get("probe_queries", 0))
+    changed = bool(chk.get("target_changed", False))
+    return [{"passed": bool(e) or float(s) >= float(t), "statistic": round(float(s), 5) if math.isfinite(s) else None,
+             "threshold": round(float(t), 5), "queries": int(q), "early": bool(e), "target_changed": changed}
+            for s, t, q, e in zip(chk["statistic"].tolist(), thr, queries, early)]
 
 
 def _floats(t: torch.Tensor, digits: int = 6) -> list:
