@@ -11,7 +11,8 @@ from fex.gate import Gate
 from fex.maskers.image import PatchMasker
 from fex.ood import (AbnormalityScore, AttributionAbnormality, GradientAbnormality, Prescreen, auroc,
                      upper_conformal_threshold, zscore_abnormality)
-from fex.shifts import photo_patches, rotate_images, scale_images, sklearn_digits, translate_images
+from fex.shifts import (flip_images, photo_patches, printed_letters, rotate_images, scale_images, sklearn_digits,
+                        translate_images)
 from helpers import PLANTED, planted_blackbox, synthetic_images
 
 F = 16
@@ -161,3 +162,8 @@ def test_new_shifts():
     assert p.shape == (6, 1, 28, 28) and torch.allclose(p.amin((1, 2, 3)), torch.tensor(0.0))
     assert torch.allclose(p.amax((1, 2, 3)), torch.tensor(1.0)) and torch.equal(p, photo_patches(n=6, seed=1))
     assert not torch.equal(p, photo_patches(n=6, seed=2))
+    assert torch.equal(flip_images(x)[..., 0], x[..., -1]) and torch.equal(flip_images(flip_images(x)), x)
+    letters = printed_letters(size=28, n=8, seed=3)
+    ink = (letters > 0.5).flatten(1).float().mean(1)
+    assert letters.shape == (8, 1, 28, 28) and 0 <= letters.min() and letters.max() <= 1
+    assert ((ink > 0.02) & (ink < 0.5)).all() and torch.equal(letters, printed_letters(n=8, seed=3))  # drawn, seeded
