@@ -111,3 +111,20 @@ def test_gate_fails_every_explanation_on_another_target_without_removal_queries(
         Gate.load(ckpt)
     with pytest.raises(ConfigError, match="probes"):
         Gate(probes=1.5)
+
+
+def test_text_probes_are_masked_snippets_and_tell_two_word_models_apart():
+    from fex.maskers.text import WordMasker
+    from text_helpers import bow_blackbox, bow_sentences, bow_weights
+
+    masker = WordMasker()
+    x = masker.encode(bow_sentences(10, seed=1))
+    a, b = BlackBox(bow_blackbox(bow_weights(0)), output="probs"), BlackBox(bow_blackbox(bow_weights(1)), output="probs")
+    probe = TargetProbe.record(a, masker, x, n=6, seed=0)
+    assert len(probe) == 6 and all(isinstance(t, str) for t in probe.probes)
+    for text, orig in zip(probe.probes, x["words"]):  # the same words, about half of them masked
+        words = text.split()
+        assert len(words) == len(orig) and 0 < sum(w == masker.mask_token for w in words) < len(words)
+        assert all(w == o for w, o in zip(words, orig) if w != masker.mask_token)
+    back = TargetProbe.from_state(json.loads(json.dumps(probe.state())), "here")
+    assert back.distance(a) < 1e-6 and back.distance(b) > 0.01 and not back.matches(b)
