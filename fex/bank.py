@@ -24,6 +24,19 @@ from fex.errors import CheckpointError
 
 #: data config keys that do not change which input a dataset index names (everything else must match)
 DATA_FREE = ("batch_size", "num_workers")
+#: data config keys of the masked training copies (``fex.data.text.TextDataModule``); with no copies they name nothing
+MASKED_COPY_KEYS = ("masked_copies", "masked_share", "mask_mode", "mask_token")
+
+
+def data_identity(data: dict | None) -> dict:
+    """The part of a data config that decides which input a dataset index names: all of it but
+    :data:`DATA_FREE`, and without the masked-copy settings where there are no copies (a config written
+    before they existed names the same inputs as one with ``masked_copies: 0``)."""
+    d = {k: v for k, v in (data or {}).items() if k not in DATA_FREE}
+    if not d.get("masked_copies"):
+        for k in MASKED_COPY_KEYS:
+            d.pop(k, None)
+    return d
 #: objective fields a banked reward depends on (a bank serves a run only where these are equal)
 REWARD_KEYS = ("reward", "sparsity", "comprehensiveness", "sampler", "keep_rate")
 

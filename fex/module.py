@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 
 from fex import objective as obj
-from fex.bank import DATA_FREE, REWARD_KEYS, RewardBank
+from fex.bank import REWARD_KEYS, RewardBank, data_identity
 from fex.blackbox import BlackBox, check_num_classes, fingerprints_match
 from fex.checkpoint import (BANK_KEY, CKPT_KEY, assemble, build_component, check_features, checkpoint_meta,
                             read_checkpoint)
@@ -250,7 +250,7 @@ class ExplainerModule(pl.LightningModule):
         if not ok:
             raise TargetMismatchError(f"{where}: its rewards come from another target: {why}")
         saved, mine = meta["config"], self.config
-        sd, d = ({k: v for k, v in (c.get("data") or {}).items() if k not in DATA_FREE} for c in (saved, mine))
+        sd, d = (data_identity(c.get("data")) for c in (saved, mine))
         if not saved.get("data") or sd != d:
             diff = sorted(k for k in set(sd) | set(d) if sd.get(k) != d.get(k))
             raise CheckpointError(f"{where}: its bank is keyed by the indices of other data ("

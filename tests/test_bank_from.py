@@ -4,7 +4,7 @@ trains exactly like the run that queried it, and the target answers exactly trai
 import pytest
 import torch
 
-from fex.bank import RewardBank
+from fex.bank import RewardBank, data_identity
 from fex.checkpoint import BANK_KEY
 from fex.config import build
 from fex.errors import CheckpointError, ConfigError, TargetMismatchError
@@ -151,3 +151,14 @@ def test_resize_keeps_the_first_masks_and_state_round_trips():
     assert RewardBank.from_state(bank.state(), "test").resize(10).room([3]) == 4
     with pytest.raises(CheckpointError, match="test: its reward bank is malformed"):
         RewardBank.from_state({**bank.state(), "rewards": {3: torch.zeros(5)}}, "test")
+
+
+def test_data_identity_ignores_masked_copy_settings_only_without_copies():
+    old = {"source": "rotten_tomatoes", "seed": 0, "batch_size": 32}  # written before masked copies existed
+    now = {"source": "rotten_tomatoes", "seed": 0, "batch_size": 64, "num_workers": 2, "masked_copies": 0,
+           "masked_share": 0.2, "mask_mode": "mask_token", "mask_token": None}
+    assert data_identity(old) == data_identity(now) == {"source": "rotten_tomatoes", "seed": 0}
+    copies = {**now, "masked_copies": 1}
+    assert data_identity(copies) != data_identity(old)  # the copies add inputs: another keying
+    assert data_identity({**copies, "masked_share": 0.3}) != data_identity(copies)
+    assert data_identity(None) == {}
