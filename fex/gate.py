@@ -87,8 +87,8 @@ from fex.io import write_json
 from fex.maskers.base import Masker
 from fex.methods import per_instance, scores_of
 from fex.module import ExplainerModule
-from fex.target_probe import TargetProbe
 from fex.screen import FIDELITY_METRICS, Screen, SequentialTest, batches, betting_step, fidelity  # noqa: F401 (re-exported)
+from fex.target_probe import TargetProbe
 
 SIDECAR_SUFFIX = ".gate.json"
 NO_THRESHOLD = "-inf"  # a calibration on too few inputs for its alpha: every explanation passes (said, not null)
@@ -327,6 +327,13 @@ class Gate:
         self.probes, self.probe_tolerance, self.probe = int(probes), float(probe_tolerance), probe
         self._probed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # black box -> probe distance
         self.calibration: dict = {}
+
+    def __getstate__(self) -> dict:  # the remembered probe distances hold weak references: not pickled
+        return {**self.__dict__, "_probed": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._probed = weakref.WeakKeyDictionary()
 
     def probe_distance(self, blackbox: BlackBox) -> float | None:
         """The recorded probe's distance to ``blackbox`` (asked once per black-box object, then remembered);
@@ -591,6 +598,8 @@ class Gate:
                     base["target"] = torch.as_tensor(target).long().flatten().expand(b)
         t = base["target"].cpu()
         flagged = self.prescreen.flag(x, t).cpu().bool()  # zero target queries
+        if self.target_changed(bb):  # not the calibrated target: every input goes to the check, and fails there
+            flagged = torch.ones_like(flagged)
         pred_q = c.n // max(1, b)
         scores, valid = base["scores"].float().cpu().clone(), masker.valid(x).cpu()
         passed = torch.ones(b, dtype=torch.bool)

@@ -2,6 +2,7 @@
 another model far off, every explanation failing on it without removal queries, and a sidecar that keeps the
 probe and refuses a crafted one."""
 import json
+import pickle
 
 import pytest
 import torch
@@ -128,3 +129,26 @@ def test_text_probes_are_masked_snippets_and_tell_two_word_models_apart():
         assert all(w == o for w, o in zip(words, orig) if w != masker.mask_token)
     back = TargetProbe.from_state(json.loads(json.dumps(probe.state())), "here")
     assert back.distance(a) < 1e-6 and back.distance(b) > 0.01 and not back.matches(b)
+
+
+class NeverFlag:
+    def flag(self, x, target):
+        return torch.zeros(len(target), dtype=torch.bool)
+
+
+def test_a_prescreen_does_not_let_a_changed_target_through_and_the_gate_pickles(tmp_path):
+    real = BlackBox(LinearPatchTarget(), num_classes=2)
+    other = BlackBox(LinearPatchTarget(weights=(-torch.linspace(-1, 2, 49)).tolist()), num_classes=2)
+    ckpt = make_checkpoint(tmp_path / "explainer.ckpt", real)
+    explainer = ExplainerModule.from_checkpoint(ckpt, target=real)
+    x = torch.rand(60, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    gate = Gate(real, explainer.masker, fallback=None, prescreen=NeverFlag())
+    gate.calibrate(explainer, x[:40], alpha=0.2, reference=None)
+    scores = explainer.explain(x[40:])["scores"]
+    same = gate.verify(scores, x[40:], target=1)
+    assert same["passed"].all() and not same["flagged"].any()  # nothing flagged: unchecked, passed
+    gate.blackbox = other
+    moved = gate.verify(scores, x[40:], target=1)
+    assert moved["target_changed"] and moved["flagged"].all() and not moved["passed"].any()
+    back = pickle.loads(pickle.dumps(gate))
+    assert back.target_changed(other) and not back.target_changed(real) and len(back.probe) == 8
