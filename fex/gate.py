@@ -325,15 +325,8 @@ class Gate:
         if not (_is_number(probe_tolerance) and probe_tolerance >= 0):
             raise ConfigError(f"gate probe_tolerance must be a finite number >= 0, got {probe_tolerance!r}")
         self.probes, self.probe_tolerance, self.probe = int(probes), float(probe_tolerance), probe
-        self._probed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # black box -> probe distance
+        self._probed = _ProbeMemory()  # black box -> probe distance
         self.calibration: dict = {}
-
-    def __getstate__(self) -> dict:  # the remembered probe distances hold weak references: not pickled
-        return {**self.__dict__, "_probed": None}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._probed = weakref.WeakKeyDictionary()
 
     def probe_distance(self, blackbox: BlackBox) -> float | None:
         """The recorded probe's distance to ``blackbox`` (asked once per black-box object, then remembered);
@@ -648,7 +641,7 @@ class Gate:
         if reference is not None:
             ref = per_instance(reference, "gate calibration reference")(bb, masker)
         stats, right, flags, terms, first = [], [], [], [], None
-        self.probe, self._probed = None, weakref.WeakKeyDictionary()  # a new calibration: its own target
+        self.probe, self._probed = None, _ProbeMemory()  # a new calibration: its own target
         given = isinstance(explainer, torch.Tensor)  # precomputed scores: sliced along with the inputs
         if given and not isinstance(x_val, (torch.Tensor, dict)):
             raise InputError("calibrating precomputed scores needs x_val as one batch")
@@ -789,6 +782,17 @@ class Gate:
         gate = cls(blackbox=blackbox, masker=masker, threshold=-math.inf if thr == NO_THRESHOLD else thr, **kw)
         gate.calibration = meta.get("calibration", {})
         return gate
+
+
+class _ProbeMemory(weakref.WeakKeyDictionary):
+    """Black box -> its probe distance, held weakly. Shallow copies of a gate share it; a pickled or deep-copied
+    gate starts with an empty one (weak references do not pickle, and a copied black box is another object)."""
+
+    def __reduce__(self):
+        return (_ProbeMemory, ())
+
+    def __deepcopy__(self, memo: dict) -> "_ProbeMemory":
+        return _ProbeMemory()
 
 
 def _finite_or_said(v: float | None) -> float | str | None:
