@@ -67,11 +67,16 @@ def test_recorded_probes_same_target_zero_another_far_and_json_round_trip():
             TargetProbe.from_state(crafted, "here")
 
 
-def test_gate_fails_every_explanation_on_another_target_without_removal_queries(tmp_path):
+def two_targets(tmp_path):
+    """A linear patch target, another with the opposite weights, and an explainer checkpoint of the first."""
     real = BlackBox(LinearPatchTarget(), num_classes=2)
     other = BlackBox(LinearPatchTarget(weights=(-torch.linspace(-1, 2, 49)).tolist()), num_classes=2)
     ckpt = make_checkpoint(tmp_path / "explainer.ckpt", real)
-    explainer = ExplainerModule.from_checkpoint(ckpt, target=real)
+    return real, other, ckpt, ExplainerModule.from_checkpoint(ckpt, target=real)
+
+
+def test_gate_fails_every_explanation_on_another_target_without_removal_queries(tmp_path):
+    real, other, ckpt, explainer = two_targets(tmp_path)
     x = torch.rand(100, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     gate = Gate(real, explainer.masker, fallback=None)  # probes=8 by default
     gate.calibrate(explainer, x[:80], alpha=0.2, reference=None)
@@ -137,10 +142,7 @@ class NeverFlag:
 
 
 def test_a_prescreen_does_not_let_a_changed_target_through_and_the_gate_pickles(tmp_path):
-    real = BlackBox(LinearPatchTarget(), num_classes=2)
-    other = BlackBox(LinearPatchTarget(weights=(-torch.linspace(-1, 2, 49)).tolist()), num_classes=2)
-    ckpt = make_checkpoint(tmp_path / "explainer.ckpt", real)
-    explainer = ExplainerModule.from_checkpoint(ckpt, target=real)
+    real, other, ckpt, explainer = two_targets(tmp_path)
     x = torch.rand(60, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     gate = Gate(real, explainer.masker, fallback=None, prescreen=NeverFlag())
     gate.calibrate(explainer, x[:40], alpha=0.2, reference=None)
