@@ -591,7 +591,8 @@ class Gate:
                     base["target"] = torch.as_tensor(target).long().flatten().expand(b)
         t = base["target"].cpu()
         flagged = self.prescreen.flag(x, t).cpu().bool()  # zero target queries
-        if self.target_changed(bb):  # not the calibrated target: every input goes to the check, and fails there
+        changed = self.target_changed(bb)
+        if changed:  # not the calibrated target: every input goes to the check, and fails there
             flagged = torch.ones_like(flagged)
         pred_q = c.n // max(1, b)
         scores, valid = base["scores"].float().cpu().clone(), masker.valid(x).cpu()
@@ -615,7 +616,7 @@ class Gate:
                 "valid": valid, "num_features": valid.sum(1), "passed": passed, "statistic": statistic,
                 "queries": queries, "method": method, "explainer_scores": base["scores"].float().cpu(),
                 "threshold": self.threshold, "flagged": flagged, "early": early,
-                "target_changed": self.target_changed(bb)}
+                "target_changed": changed}
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, explainer: Any, x_val: Any, alpha: float | None = None, target: Any = None,
