@@ -31,7 +31,13 @@
    Pillow's font) and ``forest_family`` (the explainer used on a random forest trained here). The ``+ target
    probe`` gates record the target's answers to 8 half-masked validation digits at calibration and fail every
    explanation of a target that answers them differently (``Gate(probes=8)``, :mod:`fex.target_probe`); the
-   other gates have no probe (``probes=0``), as they were measured before. Per scenario and gate: catch rate (failed | wrong), false alarms (failed | right),
+   other gates have no probe (``probes=0``), as they were measured before. Fresh in session 12 (added with the
+   ``+ confidence strata`` gate, before any gate had been run on them): ``vflip`` (digits mirrored top to bottom),
+   ``turn45`` (digits turned by 45 degrees) and ``printed_digits`` (digits 0-9 in Pillow's font: other data of
+   the same task). The ``relative deletion + confidence strata + target probe`` gate stratifies on the fex
+   abnormality score *or* the target's doubt ``1 - p(y|x)`` (:class:`fex.ood.TargetConfidence`, one more
+   query per input), each flagging ``--rate`` of in-distribution inputs (:class:`fex.ood.FlagUnion`), with
+   ``--union-abnormal-alpha`` spent on the flagged ones. Per scenario and gate: catch rate (failed | wrong), false alarms (failed | right),
    check queries per input (counted) and queries with FeatureAblation fallbacks; a summary per gate;
    ``gate_per_input.pt`` with every input's statistics.
 
@@ -58,9 +64,11 @@ from fex.bench import load  # noqa: E402
 from fex.blackbox import BlackBox  # noqa: E402
 from fex.gate import Gate, Screen  # noqa: E402
 from fex.io import write_json, write_text  # noqa: E402
-from fex.ood import AttributionAbnormality, GradientAbnormality, Prescreen, auroc  # noqa: E402
+from fex.ood import (AttributionAbnormality, FlagUnion, GradientAbnormality, Prescreen, TargetConfidence,  # noqa: E402
+                     auroc)
 from fex.shifts import (PermutedExplainer, flip_images, invert_images, noise_images, photo_patches,  # noqa: E402
-                        printed_letters, rotate_images, scale_images, sklearn_digits, translate_images)
+                        printed_letters, rotate_images, scale_images, sklearn_digits, translate_images,
+                        turn_images)
 from fex.config import build_data  # noqa: E402
 
 DESIGNED = ("inverted", "noise")
@@ -75,7 +83,9 @@ def shifted(x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"inverted": invert_images(x), "noise": noise_images(x), "rot90": rotate_images(x),
             "translate": translate_images(x, dx=6), "sklearn_digits": sklearn_digits(size=x.shape[-1], n=len(x))[0],
             "scale": scale_images(x, 0.6), "photo_patches": photo_patches(size=x.shape[-1], n=len(x)),
-            "hflip": flip_images(x), "printed_letters": printed_letters(size=x.shape[-1], n=len(x))}
+            "hflip": flip_images(x), "printed_letters": printed_letters(size=x.shape[-1], n=len(x)),
+            "vflip": flip_images(x, "vertical"), "turn45": turn_images(x, 45),
+            "printed_digits": printed_letters(size=x.shape[-1], n=len(x), seed=1, chars="0123456789")}
 
 
 def train_mlp(x: torch.Tensor, y: torch.Tensor, epochs: int = 30, seed: int = 0, hidden: int | None = 256) -> nn.Module:
@@ -98,6 +108,8 @@ HELD_OUT = ("rot90", "translate", "sklearn_digits", "other_family")  # never use
 FRESH = ("scale", "photo_patches", "linear_family")
 # added (session 11) together with the target-probe gates, before any gate had been run on them
 FRESH_11 = ("hflip", "printed_letters", "forest_family")
+# added (session 12) together with the confidence-strata gate, before any gate had been run on them
+FRESH_12 = ("vflip", "turn45", "printed_digits")
 
 
 class Forest:
@@ -113,7 +125,7 @@ class Forest:
         return torch.as_tensor(self.model.predict_proba(x.detach().cpu().flatten(1).numpy()), dtype=torch.float32)
 
 
-def gate_variants(bb: BlackBox, masker, pre: Prescreen, a) -> dict[str, tuple[Gate, bool]]:
+def gate_variants(bb: BlackBox, masker, pre: Prescreen, a, union: FlagUnion | None = None) -> dict[str, tuple[Gate, bool]]:
     """The gates compared side by side: name -> (gate, routed by the prescreen). The first is the reference."""
     def make(**kw):
         kw.setdefault("probes", 0)
@@ -134,6 +146,10 @@ def gate_variants(bb: BlackBox, masker, pre: Prescreen, a) -> dict[str, tuple[Ga
             "relative deletion + abnormality strata + target probe": (make(
                 statistic="relative_deletion", fractions=fr, abnormality=pre, abnormal_alpha=a.abnormal_alpha,
                 probes=8), False)}
+    if union is not None:
+        every["relative deletion + confidence strata + target probe"] = (make(
+            statistic="relative_deletion", fractions=fr, abnormality=union, abnormal_alpha=a.union_abnormal_alpha,
+            probes=8), False)
     if not a.gates:
         return every
     names = [n.strip() for n in a.gates.split(";")]
@@ -169,31 +185,50 @@ def gate_outcome(gate: Gate, routed: bool, pre: Prescreen, bb: BlackBox, masker,
     (counted on the black box, the prediction query included)."""
     g = copy.copy(gate)
     g.blackbox = bb
-    acc = {k: [] for k in ("checked", "statistic", "threshold", "queries", "early")}
+    if isinstance(g.abnormality, FlagUnion):  # the target's doubt is asked of this scenario's target
+        g.abnormality = copy.copy(g.abnormality)
+        g.abnormality.parts = [rebound(p, bb) for p in g.abnormality.parts]
+    acc = {k: [] for k in ("checked", "statistic", "threshold", "queries", "early", "changed")}
     for s in range(0, len(x), batch):
         xb, t, sc = x[s:s + batch], lab["target"][s:s + batch], lab["scores"][s:s + batch]
         checked = pre.flag(xb, t).cpu().bool() if routed else torch.ones(len(xb), dtype=torch.bool)
-        thr = g.thresholds(xb, t)
+        with bb.counting() as c0:
+            thr = g.thresholds(xb, t)  # a stratifier that asks the target (TargetConfidence) pays here
         with bb.counting() as c:
             out = g.check(sc, xb, t, thr if g.sequential else None)
         if c.n != int(out["queries"].sum()) + out["probe_queries"]:
             raise AssertionError("uncounted gate queries")
         out["queries"][:1] += out["probe_queries"]  # the probe, asked once per target, paid by the first input
+        if c0.n % len(xb):
+            raise AssertionError("the stratifier's queries are not the same for every input")
+        out["queries"] += c0.n // len(xb)
         acc["checked"].append(checked)
         acc["statistic"].append(out["statistic"])
         acc["threshold"].append(thr)
         acc["early"].append(out["early"])
+        acc["changed"].append(torch.full((len(xb),), bool(out["target_changed"])))
         acc["queries"].append(torch.where(checked, out["queries"], torch.zeros_like(out["queries"])))
     r = {k: torch.cat(v) for k, v in acc.items()}
-    r["failed"] = r["checked"] & ~r["early"] & (r["statistic"] < r["threshold"])
+    r["failed"] = r["checked"] & (r["changed"] | (~r["early"] & (r["statistic"] < r["threshold"])))
     return r
+
+
+def rebound(pre: Prescreen, bb: BlackBox) -> Prescreen:
+    """``pre`` asking ``bb`` where its score asks a target (:class:`TargetConfidence`), else ``pre`` itself."""
+    if not isinstance(pre.score_fn, TargetConfidence):
+        return pre
+    out = copy.copy(pre)
+    out.score_fn = copy.copy(pre.score_fn)
+    out.score_fn.blackbox = bb
+    return out
 
 
 def rates(name: str, gate_name: str, lab: dict, o: dict, n_features: int) -> dict:
     wrong, failed = lab["wrong"], o["failed"]
     q_total = o["queries"] + failed.long() * (n_features + 1)  # a failed input also runs FeatureAblation
-    return {"scenario": name, "held_out": name in HELD_OUT + FRESH + FRESH_11, "fresh": name in FRESH + FRESH_11,
-            "fresh_11": name in FRESH_11, "gate": gate_name,
+    return {"scenario": name, "held_out": name in HELD_OUT + FRESH + FRESH_11 + FRESH_12,
+            "fresh": name in FRESH + FRESH_11 + FRESH_12, "fresh_11": name in FRESH_11, "fresh_12": name in FRESH_12,
+            "gate": gate_name,
             "n": len(wrong),
             "n_wrong": int(wrong.sum()), "wrong": float(wrong.float().mean()),
             "catch_rate": float(failed[wrong].float().mean()) if wrong.any() else None,
@@ -223,6 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "alpha 0.05, <= 50 inputs) on every scenario's explainer, target and inputs")
     p.add_argument("--early-alpha", type=float, default=0.1,
                    help="the two-stage gate's share of would-fail inputs allowed to pass after the first pair")
+    p.add_argument("--union-abnormal-alpha", type=float, default=0.25,
+                   help="false-alarm rate spent on the inputs the confidence strata flag (abnormality or doubt)")
     p.add_argument("--gates", default=None, help="only these gates, ';'-separated names (default: all)")
     p.add_argument("--parts", default="auroc,gate", help="auroc and/or gate")
     p.add_argument("--out", default=str(ROOT / "outputs/bench/ood"))
@@ -266,7 +303,13 @@ def main(argv: list[str] | None = None) -> dict:
     x_cal = xv[half:]
     lab_cal = labelled(explainer, bb, x_cal, a.margin, a.deletion_steps)
     right = ~lab_cal["wrong"]
-    gates = gate_variants(bb, masker, pre, a)
+    union = FlagUnion(Prescreen(AttributionAbnormality(explainer, "logits"), rate=a.rate),
+                      Prescreen(TargetConfidence(bb), rate=a.rate))
+    with bb.counting() as cu:
+        union_rate = union.calibrate(xv[:half])
+    print(f"confidence strata: the union flags {union_rate:.3f} of {half} validation digits ({cu.n} queries)", flush=True)
+    res.update(union_rate=union_rate, union_abnormal_alpha=a.union_abnormal_alpha)
+    gates = gate_variants(bb, masker, pre, a, union)
     calib = {}
     for gname, (g, _) in gates.items():
         with bb.counting() as c:
@@ -351,15 +394,18 @@ def markdown(res: dict) -> str:
     held = [s for s in HELD_OUT if any(k[0] == s for k in by)]
     fresh = [s for s in FRESH if any(k[0] == s for k in by)]
     fresh11 = [s for s in FRESH_11 if any(k[0] == s for k in by)]
+    fresh12 = [s for s in FRESH_12 if any(k[0] == s for k in by)]
     lines += ["", "Summary: catch rate on the held-out shifts (target >= 0.90 on >= 3; the fresh ones, marked *, were "
                   "added with the relative gates and never looked at before; those marked **, with the target-probe "
-                  "gates in session 11), in-distribution false alarms "
+                  "gates in session 11; ***, with the confidence strata in session 12), in-distribution false alarms "
                   f"(target <= 0.10) and check queries per in-distribution input; linear_family: a softmax regression, "
                   f"test accuracy {res.get('linear_test_accuracy', float('nan')):.3f}; forest_family: a random forest, "
                   f"test accuracy {res.get('forest_test_accuracy', float('nan')):.3f}:", "",
-              "| gate | " + " | ".join(held + [s + "*" for s in fresh] + [s + "**" for s in fresh11])
-              + " | held-out >= 0.90 | fresh* >= 0.90 | fresh** >= 0.90 | ID false alarms | ID check queries |",
-              "|---|" + "---|" * (len(held) + len(fresh) + len(fresh11) + 5)]
+              "| gate | " + " | ".join(held + [s + "*" for s in fresh] + [s + "**" for s in fresh11]
+                                     + [s + "***" for s in fresh12])
+              + " | held-out >= 0.90 | fresh* >= 0.90 | fresh** >= 0.90 | fresh*** >= 0.90 | ID false alarms "
+                "| ID check queries |",
+              "|---|" + "---|" * (len(held) + len(fresh) + len(fresh11) + len(fresh12) + 6)]
     for g in gates:
         c = [by[(s, g)]["catch_rate"] for s in held]
         cf = [by[(s, g)]["catch_rate"] for s in fresh]
@@ -367,9 +413,12 @@ def markdown(res: dict) -> str:
         ok = sum(v is not None and v >= 0.9 for v in c)
         okf = sum(v is not None and v >= 0.9 for v in cf)
         ok11 = sum(v is not None and v >= 0.9 for v in c11)
+        c12 = [by[(s, g)]["catch_rate"] for s in fresh12]
+        ok12 = sum(v is not None and v >= 0.9 for v in c12)
         i = by[("in_distribution", g)]
-        lines.append(f"| {g} | " + " | ".join(f(v) for v in c + cf + c11) + f" | {ok} of {len(held)} | {okf} of "
-                     f"{len(fresh)} | {ok11} of {len(fresh11)} | {f(i['false_alarms'])} | {i['check_queries_per_input']:.2f} |")
+        lines.append(f"| {g} | " + " | ".join(f(v) for v in c + cf + c11 + c12) + f" | {ok} of {len(held)} | {okf} of "
+                     f"{len(fresh)} | {ok11} of {len(fresh11)} | {ok12} of {len(fresh12)} | {f(i['false_alarms'])} | "
+                     f"{i['check_queries_per_input']:.2f} |")
     if res.get("screen"):
         lines += ["", "Task-level screen per scenario (deletion fidelity >= 0.9 x FeatureAblation's, alpha 0.05, at most 50 "
                       "inputs, anytime-valid): decision, inputs used, target queries, estimated fidelity ratio, and the "

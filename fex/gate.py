@@ -240,7 +240,9 @@ class Gate:
         statistic: ``contrast`` (``1 + 2J`` queries), ``deletion`` or ``relative_deletion`` (sequential,
             at most ``1 + J``).
         abnormality: a calibrated :class:`fex.ood.Prescreen` whose flag picks the threshold per input
-            (with ``abnormal_alpha``; module docstring). Not saved in the sidecar.
+            (with ``abnormal_alpha``; module docstring), or a :class:`fex.ood.FlagUnion` of several (e.g. the
+            attribution's abnormality or the target's doubt, :class:`fex.ood.TargetConfidence`, whose one query
+            per input is counted on its black box). Not saved in the sidecar.
         abnormal_alpha: the false-alarm rate spent on flagged inputs (``>= alpha``); None: one threshold.
         abnormal_threshold: the flagged inputs' threshold; set by :meth:`calibrate` or :meth:`load`.
         confidence: None (the false-alarm rate is at most ``alpha`` on average over calibration sets) or
@@ -548,7 +550,8 @@ class Gate:
 
         out = self.check(explainer_or_scores, x, target, per_input if self.sequential else None)
         thr = seen["thr"] if "thr" in seen else self.thresholds(x, out["target"])
-        passed = out["early"] | (out["statistic"] >= thr)
+        # a changed target fails even where the calibration was too small to set a threshold (-inf)
+        passed = (out["early"] | (out["statistic"] >= thr)) & ~torch.as_tensor(bool(out["target_changed"]))
         final = out["scores"].clone()
         queries = out["queries"].clone()
         name = getattr(explainer_or_scores, "name", "fex") if not isinstance(explainer_or_scores, torch.Tensor) else "given"

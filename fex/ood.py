@@ -21,9 +21,14 @@ channels, calibrated on in-distribution data instead of a fixed sign. Higher is 
   by default), reduced per channel: ``average`` (the channel's mean gradient, GAIA-A) or ``zeros``
   (the share of zero entries of gradient * activation, GAIA-Z's zero-deflation). One forward and
   one backward pass of the target per input (no black-box query counted).
+* :class:`TargetConfidence` (black box, **one query**): ``1 - p(y | x)``, the target's doubt about the
+  explained class. Shifts a fex attribution still looks normal on (mirrored or turned digits) mostly
+  lower it: the first signal the trust gate's strata use that is not the explanation's own.
 * :class:`Prescreen`: a score with a threshold at the ``(1 - rate)`` conformal quantile of held-out
   in-distribution scores, so about ``rate`` of in-distribution inputs are flagged; the trust gate
   (:class:`fex.gate.Gate`, ``prescreen=``) spends its queries only on flagged inputs.
+* :class:`FlagUnion`: several calibrated prescreens as one stratifier that flags where any of them flags,
+  its ``rate`` measured on in-distribution inputs (what :class:`fex.gate.Gate` spends ``abnormal_alpha`` on).
 * :func:`auroc`: the area under the ROC curve separating in-distribution from shifted inputs.
 """
 from __future__ import annotations
@@ -195,6 +200,35 @@ class GradientAbnormality(AbnormalityScore):
 
 
 # --------------------------------------------------------------------------- prescreen
+class TargetConfidence(AbnormalityScore):
+    """One-query doubt of the target: ``1 - p(y | x)`` for the explained class ``y`` (the predicted class
+    where ``target`` is None). Higher is more unusual; nothing to fit (:meth:`fit` only checks the inputs).
+
+    Args:
+        blackbox: the target as a :class:`fex.blackbox.BlackBox` (its class probabilities; queries counted).
+    """
+
+    name = "target_confidence"
+    cost = {"queries": 1, "forward": 0, "backward": 0}
+
+    def __init__(self, blackbox: Any) -> None:
+        super().__init__()
+        if not callable(blackbox):
+            raise InputError(f"target confidence needs the black box (callable), got {type(blackbox).__name__}")
+        self.blackbox = blackbox
+
+    def statistics(self, x: Any, target: Any = None) -> torch.Tensor:
+        p = self.blackbox(x).float()  # [B, C]
+        cls = p.argmax(-1) if target is None else torch.as_tensor(target).long().flatten().expand(p.shape[0]).to(p.device)
+        return p.gather(1, cls.view(-1, 1))  # [B, 1]
+
+    def score(self, x: Any, target: Any = None, batch_size: int = 256) -> torch.Tensor:
+        """``1 - p(y | x)`` [B] (one-sided: a target surer than usual is not unusual)."""
+        if self.mean is None:
+            raise ConfigError(f"{self.name} is not calibrated: call fit(x_val) on in-distribution inputs first")
+        return 1 - self._stats(x, target, batch_size)[:, 0]
+
+
 class Prescreen:
     """A calibrated abnormality score and threshold: ``flag`` marks inputs to send to the query check.
 
@@ -234,3 +268,37 @@ class Prescreen:
         if self.threshold is None:
             raise ConfigError("the prescreen is not calibrated: call Prescreen.calibrate(x_val) first")
         return self.scores(x, target) > self.threshold
+
+
+class FlagUnion:
+    """Calibrated prescreens as one stratifier: an input is flagged where any of them flags it.
+
+    :meth:`calibrate` calibrates each part (its own halves of ``x_val``) and then measures ``rate``, the share
+    of ``x_val`` the union flags: what :class:`fex.gate.Gate` (``abnormality=``) spends ``abnormal_alpha`` on.
+    """
+
+    def __init__(self, *parts: Prescreen) -> None:
+        if not parts:
+            raise ConfigError("FlagUnion needs at least one prescreen")
+        self.parts = list(parts)
+        self.rate: float | None = None
+
+    @property
+    def cost(self) -> dict:
+        return {k: sum(p.cost.get(k, 0) for p in self.parts) for k in ("queries", "forward", "backward")}
+
+    def calibrate(self, x_val: Any, target: Any = None, seed: int = 0) -> float:
+        for p in self.parts:
+            p.calibrate(x_val, target, seed)
+        self.rate = float(self.flag(x_val, target).float().mean())
+        if not 0 < self.rate < 1:
+            raise InputError(f"the prescreens flag {self.rate:.0%} of the in-distribution inputs together: "
+                             "give them lower rates (or more inputs)")
+        return self.rate
+
+    def flag(self, x: Any, target: Any = None) -> torch.Tensor:
+        """bool [B]: flagged by at least one part."""
+        out = self.parts[0].flag(x, target).cpu().bool()
+        for p in self.parts[1:]:
+            out |= p.flag(x, target).cpu().bool()
+        return out

@@ -3,10 +3,11 @@
 Letters: B batch, F features, C channels, H W pixels.
 
 * Images ([B, C, H, W] in [0, 1]): :func:`invert_images` and :func:`noise_images`, out of distribution;
-  geometric ones, :func:`rotate_images`, :func:`translate_images`, :func:`scale_images` and
-  :func:`flip_images`; other data, :func:`sklearn_digits` (scikit-learn's 8x8 digits, upscaled),
+  geometric ones, :func:`rotate_images`, :func:`translate_images`, :func:`scale_images`,
+  :func:`flip_images` (either axis) and :func:`turn_images` (any angle); other data, :func:`sklearn_digits` (scikit-learn's 8x8 digits, upscaled),
   :func:`photo_patches` (grayscale patches of scikit-learn's two sample photographs) and
-  :func:`printed_letters` (capital letters in Pillow's bundled font).
+  :func:`printed_letters` (capital letters, or any characters such as printed digits, in Pillow's
+  bundled font).
 * Text (lists of strings): :func:`shuffle_words` (each snippet's words in a random order) and
   :func:`replace_words` (a random share of each snippet's words swapped for other words of the
   batch), out of distribution.
@@ -65,20 +66,36 @@ def scale_images(x: torch.Tensor, factor: float = 0.6) -> torch.Tensor:
     return out
 
 
-def flip_images(x: torch.Tensor) -> torch.Tensor:
-    """Each image mirrored left to right."""
-    return x.flip(-1)
+def flip_images(x: torch.Tensor, axis: str = "horizontal") -> torch.Tensor:
+    """Each image mirrored left to right (``axis="horizontal"``) or top to bottom (``"vertical"``)."""
+    if axis not in ("horizontal", "vertical"):
+        raise ValueError(f"flip axis must be horizontal or vertical, got {axis!r}")
+    return x.flip(-1 if axis == "horizontal" else -2)
 
 
-def printed_letters(size: int = 28, n: int = 300, seed: int = 0) -> torch.Tensor:
-    """``n`` white capital letters A-Z on black, drawn with Pillow's bundled scalable font at a random size
-    (55-85% of ``size``) and place (another kind of character entirely): [n, 1, size, size] in [0, 1]."""
+def turn_images(x: torch.Tensor, degrees: float = 45.0) -> torch.Tensor:
+    """Each image turned by ``degrees`` (counter-clockwise) about its centre, bilinear, corners filled with 0."""
+    a = math.radians(float(degrees))
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]], dtype=x.dtype)
+    flat = x.reshape(-1, *x.shape[-3:])
+    grid = torch.nn.functional.affine_grid(theta.expand(len(flat), 2, 3), list(flat.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.clamp(0, 1).view_as(x)
+
+
+def printed_letters(size: int = 28, n: int = 300, seed: int = 0,
+                    chars: str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ") -> torch.Tensor:
+    """``n`` white characters of ``chars`` (capital letters A-Z: another kind of character entirely; ``"0123456789"``:
+    printed digits, other data of the same task) on black, drawn with Pillow's bundled scalable font at a random
+    size (55-85% of ``size``) and place: [n, 1, size, size] in [0, 1]."""
+    if not chars:
+        raise ValueError("printed_letters needs at least one character")
     from PIL import Image, ImageDraw, ImageFont  # third-party, only this shift needs it
 
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n):
-        letter = chr(ord("A") + int(torch.randint(0, 26, (1,), generator=g)))
+        letter = chars[int(torch.randint(0, len(chars), (1,), generator=g))]
         px = int(size * (0.55 + 0.3 * float(torch.rand(1, generator=g))))
         font = ImageFont.load_default(size=px)
         im = Image.new("L", (size, size))

@@ -9,10 +9,10 @@ from torch import nn
 from fex.errors import ConfigError, TargetError
 from fex.gate import Gate
 from fex.maskers.image import PatchMasker
-from fex.ood import (AbnormalityScore, AttributionAbnormality, GradientAbnormality, Prescreen, auroc,
-                     upper_conformal_threshold, zscore_abnormality)
+from fex.ood import (AbnormalityScore, AttributionAbnormality, FlagUnion, GradientAbnormality, Prescreen,
+                     TargetConfidence, auroc, upper_conformal_threshold, zscore_abnormality)
 from fex.shifts import (flip_images, photo_patches, printed_letters, rotate_images, scale_images, sklearn_digits,
-                        translate_images)
+                        translate_images, turn_images)
 from helpers import PLANTED, planted_blackbox, synthetic_images
 
 F = 16
@@ -167,3 +167,57 @@ def test_new_shifts():
     ink = (letters > 0.5).flatten(1).float().mean(1)
     assert letters.shape == (8, 1, 28, 28) and 0 <= letters.min() and letters.max() <= 1
     assert ((ink > 0.02) & (ink < 0.5)).all() and torch.equal(letters, printed_letters(n=8, seed=3))  # drawn, seeded
+
+
+def test_turns_vertical_flips_and_printed_digits():
+    x = torch.rand(3, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(turn_images(x, 90), rotate_images(x), atol=1e-6)  # a quarter turn, the same way round
+    assert torch.allclose(turn_images(x, 0), x, atol=1e-6)
+    t = turn_images(x, 45)
+    assert t.shape == x.shape and 0 <= t.min() and t.max() <= 1 and t[..., 0, 0].abs().max() < 0.3  # corners emptied
+    assert torch.equal(flip_images(x, "vertical")[..., 0, :], x[..., -1, :])
+    with pytest.raises(ValueError, match="flip axis"):
+        flip_images(x, "diagonal")
+    digits = printed_letters(n=6, seed=1, chars="0123456789")
+    assert digits.shape == (6, 1, 28, 28) and not torch.equal(digits, printed_letters(n=6, seed=1))
+    with pytest.raises(ValueError, match="at least one character"):
+        printed_letters(n=1, chars="")
+
+
+def test_target_confidence_is_one_minus_p_with_one_query_each():
+    bb = planted_blackbox()
+    x = torch.cat([synthetic_images(6, seed=0), 0.5 * torch.ones(2, 1, 16, 16)])
+    with bb.uncounted():
+        p = bb(x)
+    tc = TargetConfidence(bb).fit(x)
+    q0 = bb.queries
+    assert torch.allclose(tc.score(x), 1 - p.max(-1).values, atol=1e-6)  # no target: the predicted class
+    assert torch.allclose(tc.score(x, 0), 1 - p[:, 0], atol=1e-6)
+    assert bb.queries - q0 == 2 * len(x) and tc.cost["queries"] == 1
+    with pytest.raises(ConfigError, match="not calibrated"):
+        TargetConfidence(bb).score(x)
+
+
+class PixelMean(AbnormalityScore):
+    """One statistic: an image's mean pixel (a test score)."""
+
+    name = "pixel_mean"
+
+    def statistics(self, x, target=None):
+        return x.flatten(1).mean(1, keepdim=True)
+
+
+def test_flag_union_flags_where_any_part_does_and_measures_its_rate():
+    x_val = synthetic_images(1000, seed=0)
+    a, b = Prescreen(PixelSpread(), rate=0.1), Prescreen(PixelMean(), rate=0.1)
+    union = FlagUnion(a, b)
+    rate = union.calibrate(x_val)
+    both = a.flag(x_val) | b.flag(x_val)
+    assert rate == pytest.approx(both.float().mean().item()) and 0.1 <= rate <= 0.25
+    x = torch.cat([synthetic_images(50, seed=1), 0.4 + 0.3 * synthetic_images(5, seed=2)])
+    assert torch.equal(union.flag(x), a.flag(x) | b.flag(x)) and union.flag(x)[-5:].all()
+    gate = Gate(planted_blackbox(), PatchMasker((4, 4), (1, 16, 16)), statistic="relative_deletion",
+                abnormality=union, abnormal_alpha=0.3, probes=0)
+    assert gate.unflagged_alpha() == pytest.approx((0.1 - rate * 0.3) / (1 - rate))
+    with pytest.raises(ConfigError, match="at least one"):
+        FlagUnion()

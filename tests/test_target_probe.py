@@ -98,6 +98,12 @@ def test_gate_fails_every_explanation_on_another_target_without_removal_queries(
     back = on_real.verify(scores, x[80:], target=1)
     assert not back["target_changed"] and torch.equal(back["passed"], same["passed"])
     assert on_real.probe_distance(real) < 1e-6 and on_other.probe_distance(other) > on_other.probe_tolerance
+    # a threshold of -inf (a stratum too small to hold its alpha passes every statistic) still fails a changed target
+    loose = Gate.load(ckpt, blackbox=real, masker=explainer.masker)
+    loose.threshold = -float("inf")
+    assert loose.verify(scores, x[80:], target=1)["passed"].all()
+    loose.blackbox = other
+    assert not loose.verify(scores, x[80:], target=1)["passed"].any()
     # no probe: never says changed; an old sidecar (no probe keys) loads as one without
     plain = Gate(blackbox=other, masker=explainer.masker, probes=0, fallback=None)
     plain.calibrate(scores, x[80:], target=1, alpha=0.2, reference=None)
