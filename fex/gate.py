@@ -550,8 +550,9 @@ class Gate:
 
         out = self.check(explainer_or_scores, x, target, per_input if self.sequential else None)
         thr = seen["thr"] if "thr" in seen else self.thresholds(x, out["target"])
-        # a changed target fails even where the calibration was too small to set a threshold (-inf)
-        passed = (out["early"] | (out["statistic"] >= thr)) & ~torch.as_tensor(bool(out["target_changed"]))
+        # a changed target fails even under a threshold of -inf (a stratum too small for its alpha)
+        changed = torch.as_tensor(bool(out["target_changed"]))
+        passed = (out["early"] | (out["statistic"] >= thr)) & ~changed
         final = out["scores"].clone()
         queries = out["queries"].clone()
         name = getattr(explainer_or_scores, "name", "fex") if not isinstance(explainer_or_scores, torch.Tensor) else "given"

@@ -202,7 +202,8 @@ class GradientAbnormality(AbnormalityScore):
 # --------------------------------------------------------------------------- prescreen
 class TargetConfidence(AbnormalityScore):
     """One-query doubt of the target: ``1 - p(y | x)`` for the explained class ``y`` (the predicted class
-    where ``target`` is None). Higher is more unusual; nothing to fit (:meth:`fit` only checks the inputs).
+    where ``target`` is None). Higher is more unusual. :meth:`fit` asks the target about the in-distribution
+    inputs once (it needs at least 2); the score itself is ``1 - p`` and does not depend on what was fitted.
 
     Args:
         blackbox: the target as a :class:`fex.blackbox.BlackBox` (its class probabilities; queries counted).
@@ -219,7 +220,10 @@ class TargetConfidence(AbnormalityScore):
 
     def statistics(self, x: Any, target: Any = None) -> torch.Tensor:
         p = self.blackbox(x).float()  # [B, C]
-        cls = p.argmax(-1) if target is None else torch.as_tensor(target).long().flatten().expand(p.shape[0]).to(p.device)
+        if target is None:
+            cls = p.argmax(-1)
+        else:
+            cls = torch.as_tensor(target).long().flatten().expand(p.shape[0]).to(p.device)
         return p.gather(1, cls.view(-1, 1))  # [B, 1]
 
     def score(self, x: Any, target: Any = None, batch_size: int = 256) -> torch.Tensor:

@@ -4,7 +4,8 @@ Letters: B batch, F features, C channels, H W pixels.
 
 * Images ([B, C, H, W] in [0, 1]): :func:`invert_images` and :func:`noise_images`, out of distribution;
   geometric ones, :func:`rotate_images`, :func:`translate_images`, :func:`scale_images`,
-  :func:`flip_images` (either axis) and :func:`turn_images` (any angle); other data, :func:`sklearn_digits` (scikit-learn's 8x8 digits, upscaled),
+  :func:`flip_images` (either axis) and :func:`turn_images` (any angle); other data,
+  :func:`sklearn_digits` (scikit-learn's 8x8 digits, upscaled),
   :func:`photo_patches` (grayscale patches of scikit-learn's two sample photographs) and
   :func:`printed_letters` (capital letters, or any characters such as printed digits, in Pillow's
   bundled font).
