@@ -37,6 +37,8 @@ def data_identity(data: dict | None) -> dict:
         for k in MASKED_COPY_KEYS:
             d.pop(k, None)
     return d
+
+
 #: objective fields a banked reward depends on (a bank serves a run only where these are equal)
 REWARD_KEYS = ("reward", "sparsity", "comprehensiveness", "sampler", "keep_rate")
 
