@@ -89,7 +89,7 @@ def measure(explainer, bb: BlackBox, x, gate: Gate, batch_size: int, steps: int 
     ref = FeatureAblation(bb, masker)
     gate = copy.copy(gate)
     gate.blackbox = bb
-    keys = ("statistic", "d_e", "d_r", "check_queries", "n_features", "terms")
+    keys = ("statistic", "d_e", "d_r", "check_queries", "n_features", "terms", "changed")
     acc = {k: [] for k in keys}
     t_check = t_ref = t_fex = 0.0
     n = masker.batch_size(x)
@@ -107,6 +107,7 @@ def measure(explainer, bb: BlackBox, x, gate: Gate, batch_size: int, steps: int 
             r = ref.attribute(xb, t)
             t_ref += time.perf_counter() - t0
         acc["statistic"].append(out["statistic"])
+        acc["changed"].append(torch.full((len(t),), bool(out["target_changed"])))
         out["queries"][:1] += out["probe_queries"]  # the target probe, asked once per target, paid by the first input
         acc["check_queries"].append(out["queries"])
         acc["n_features"].append(out["valid"].sum(1))
@@ -133,7 +134,8 @@ def score(name: str, m: dict, threshold: float, margin: float, gate: Gate | None
     Gate.verify does. With a calibrated two-stage ``gate``, inputs whose first pair clears its cut-off pass
     at 3 check queries."""
     early, check_q = two_stage(m, gate)
-    passed = early | (m["statistic"] >= threshold)
+    # a changed target fails even under a threshold of -inf (Gate.verify does the same)
+    passed = (early | (m["statistic"] >= threshold)) & ~m["changed"]
     failed = ~passed
     wrong = m["d_e"] - m["d_r"] > margin
     f = m["n_features"]
@@ -352,7 +354,7 @@ def main() -> None:
     with real.counting() as c:
         v = gate.verify(explainer, take(masker, x_test, 0, 50))
     early, check_q = two_stage(ind, gate)
-    failed = ~(early | (ind["statistic"] >= gate.threshold))[:50]
+    failed = ~((early | (ind["statistic"] >= gate.threshold)) & ~ind["changed"])[:50]
     sim = check_q[:50] + failed.long() * (ind["n_features"][:50] + 1)
     same = torch.equal(v["passed"], ~failed) and c.n == int(v["queries"].sum())
     same &= bool((v["queries"] <= sim).all()) if gate.sequential else torch.equal(v["queries"], sim)

@@ -41,6 +41,11 @@
    check queries per input (counted) and queries with FeatureAblation fallbacks; a summary per gate;
    ``gate_per_input.pt`` with every input's statistics.
 
+3. **Ceiling of own-curve checks** (``--parts ceiling``): what any gate that looks only at the explanation's own
+   deletion curve could catch at best. The exact curve (every feature removed in turn, uncounted), as its area
+   and as a share of p(y|x), thresholded like a gate (conformal ``--alpha`` quantile over the right calibration
+   explanations, ``--confidence``); catch rate and false alarms per scenario.
+
 Counts, rates and AUROCs are exact for this run and do not depend on load; no wall times are reported.
 Writes ``<out>/ood.json`` and ``<out>/ood.md``.
 """
@@ -62,7 +67,7 @@ from fex import metrics as M  # noqa: E402
 from fex.methods.baselines import FeatureAblation  # noqa: E402
 from fex.bench import load  # noqa: E402
 from fex.blackbox import BlackBox  # noqa: E402
-from fex.gate import Gate, Screen  # noqa: E402
+from fex.gate import Gate, Screen, conformal_threshold  # noqa: E402
 from fex.io import write_json, write_text  # noqa: E402
 from fex.ood import (AttributionAbnormality, FlagUnion, GradientAbnormality, Prescreen, TargetConfidence,  # noqa: E402
                      auroc)
@@ -110,6 +115,7 @@ FRESH = ("scale", "photo_patches", "linear_family")
 FRESH_11 = ("hflip", "printed_letters", "forest_family")
 # added (session 12) together with the confidence-strata gate, before any gate had been run on them
 FRESH_12 = ("vflip", "turn45", "printed_digits")
+FRESH_BY_SESSION = {8: FRESH, 11: FRESH_11, 12: FRESH_12}  # marked *, **, ***
 
 
 class Forest:
@@ -226,8 +232,9 @@ def rebound(pre: Prescreen, bb: BlackBox) -> Prescreen:
 def rates(name: str, gate_name: str, lab: dict, o: dict, n_features: int) -> dict:
     wrong, failed = lab["wrong"], o["failed"]
     q_total = o["queries"] + failed.long() * (n_features + 1)  # a failed input also runs FeatureAblation
-    return {"scenario": name, "held_out": name in HELD_OUT + FRESH + FRESH_11 + FRESH_12,
-            "fresh": name in FRESH + FRESH_11 + FRESH_12, "fresh_11": name in FRESH_11, "fresh_12": name in FRESH_12,
+    fresh = {s for group in FRESH_BY_SESSION.values() for s in group}
+    return {"scenario": name, "held_out": name in HELD_OUT or name in fresh, "fresh": name in fresh,
+            **{f"fresh_{k}": name in v for k, v in FRESH_BY_SESSION.items() if k > 8},
             "gate": gate_name,
             "n": len(wrong),
             "n_wrong": int(wrong.sum()), "wrong": float(wrong.float().mean()),
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--union-abnormal-alpha", type=float, default=0.25,
                    help="false-alarm rate spent on the inputs the confidence strata flag (abnormality or doubt)")
     p.add_argument("--gates", default=None, help="only these gates, ';'-separated names (default: all)")
-    p.add_argument("--parts", default="auroc,gate", help="auroc and/or gate")
+    p.add_argument("--parts", default="auroc,gate", help="any of auroc, gate, ceiling (comma-separated)")
     p.add_argument("--out", default=str(ROOT / "outputs/bench/ood"))
     a = p.parse_args(argv)
     parts = set(a.parts.split(","))
@@ -290,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
     res = {"checkpoint": a.checkpoint, "n_val": len(xv), "n_test": len(xt), "alpha": a.alpha, "margin": a.margin,
            "confidence": a.confidence,
            "rate": a.rate, "deletion_steps": a.deletion_steps, "auroc": aurocs, "gate": []}
-    if "gate" not in parts:
+    if not parts & {"gate", "ceiling"}:
         write_json(out / "ood.json", res)
         return res
     # 2. gates side by side. Validation halves: the prescreen's score and threshold on the first, the gates'
@@ -309,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
         union_rate = union.calibrate(xv[:half])
     print(f"confidence strata: the union flags {union_rate:.3f} of {half} validation digits ({cu.n} queries)", flush=True)
     res.update(union_rate=union_rate, union_abnormal_alpha=a.union_abnormal_alpha)
-    gates = gate_variants(bb, masker, pre, a, union)
+    gates = gate_variants(bb, masker, pre, a, union) if "gate" in parts else {}
     calib = {}
     for gname, (g, _) in gates.items():
         with bb.counting() as c:
@@ -332,7 +339,9 @@ def main(argv: list[str] | None = None) -> dict:
                  ("linear_family", explainer, lin_bb, xt), ("forest_family", explainer, forest_bb, xt)]
     rows, per_input, screens = [], {}, {}
     nf = int(masker.num_features(xt))
-    for name, e, b, x in scenarios:
+    if "ceiling" in parts:
+        res["ceiling"] = own_curve_ceiling(explainer, bb, x_cal, scenarios, a)
+    for name, e, b, x in scenarios if gates or a.screen else ():
         lab = labelled(e, b, x, a.margin, a.deletion_steps)
         per_input[name] = {"d_e": lab["d_e"], "d_r": lab["d_r"], "wrong": lab["wrong"],
                            "abnormality": pre.scores(x, lab["target"]), "flagged": pre.flag(x, lab["target"])}
@@ -358,23 +367,83 @@ def main(argv: list[str] | None = None) -> dict:
     return res
 
 
+def own_curve_ceiling(explainer, bb: BlackBox, x_cal: torch.Tensor, scenarios: list, a) -> dict:
+    """What any gate that looks only at the explanation's own deletion curve could catch, at best.
+
+    The statistic is the exact curve (every feature removed in turn, measured uncounted: far more than a gate's
+    queries), as its area (``own area``) and as a share of p(y|x) (``own area / p``). Each threshold is the
+    conformal ``alpha`` quantile (with ``confidence``) over the right explanations of the calibration digits,
+    exactly as ``Gate.calibrate`` sets a gate's; wrong / right are labelled as everywhere here (``--margin`` above
+    FeatureAblation's deletion AUC, at ``--deletion-steps``). Per scenario: catch rate and false alarms of both.
+    """
+    def curves(e, b, x):
+        lab = labelled(e, b, x, a.margin, a.deletion_steps)
+        own = labelled(e, b, x, a.margin, None)["d_e"] if a.deletion_steps else lab["d_e"]  # every step
+        with b.uncounted():
+            p = b(x).gather(1, lab["target"].view(-1, 1)).squeeze(1).cpu()
+        return lab["wrong"], {"own area": -own, "own area / p": -own / p.clamp_min(1e-6)}
+
+    wrong, st = curves(explainer, bb, x_cal)
+    thr = {k: conformal_threshold(v[~wrong], a.alpha, a.confidence) for k, v in st.items()}
+    out = {"thresholds": thr, "rows": []}
+    for name, e, b, x in scenarios:
+        w, st = curves(e, b, x)
+        row = {"scenario": name, "n_wrong": int(w.sum())}
+        for k, v in st.items():
+            fail = v < thr[k]
+            row[k] = {"catch_rate": float(fail[w].float().mean()) if w.any() else None,
+                      "false_alarms": float(fail[~w].float().mean()) if (~w).any() else None}
+        out["rows"].append(row)
+        print("ceiling", name, row, flush=True)
+    return out
+
+
 def labels_of(ds, n: int) -> torch.Tensor:
     return torch.stack([torch.as_tensor(ds[i][1]) for i in range(n)])
 
 
 def markdown(res: dict) -> str:
-    shifts = list(next(iter(res["auroc"].values()))) if res["auroc"] else []
-    lines = [f"AUROC, in-distribution test digits (n={res['n_test']}) vs shifted; calibrated on {res['n_val']} "
-             f"validation digits; designed on {', '.join(DESIGNED)} only", "",
-             "| score | " + " | ".join(shifts) + " |", "|---|" + "---|" * len(shifts)]
-    for name, row in res["auroc"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[s]:.3f}" for s in shifts) + " |")
-    if not res["gate"]:
-        return "\n".join(lines) + "\n"
+    lines = []
+    if res["auroc"]:
+        shifts = list(next(iter(res["auroc"].values())))
+        lines += [f"AUROC, in-distribution test digits (n={res['n_test']}) vs shifted; calibrated on {res['n_val']} "
+                  f"validation digits; designed on {', '.join(DESIGNED)} only", "",
+                  "| score | " + " | ".join(shifts) + " |", "|---|" + "---|" * len(shifts)]
+        for name, row in res["auroc"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{row[s]:.3f}" for s in shifts) + " |")
+    if res["gate"]:
+        lines += gate_tables(res)
+    if res.get("ceiling"):
+        c = res["ceiling"]
+        lines += ["", "Ceiling of any check of the explanation's own deletion curve: the exact curve (every feature, "
+                      "uncounted) thresholded like a gate, at the conformal alpha quantile over the right calibration "
+                      f"explanations (own area >= {-c['thresholds']['own area']:.3f} fails; own area / p >= "
+                      f"{-c['thresholds']['own area / p']:.3f} fails). Catch rate / false alarms:", "",
+                  "| scenario | wrong | own area: caught | own area: false alarms | own area / p: caught "
+                  "| own area / p: false alarms |", "|---|---|---|---|---|---|"]
+        for r in c["rows"]:
+            lines.append(f"| {r['scenario']} | {r['n_wrong']} | {_f(r['own area']['catch_rate'])} | "
+                         f"{_f(r['own area']['false_alarms'])} | {_f(r['own area / p']['catch_rate'])} | "
+                         f"{_f(r['own area / p']['false_alarms'])} |")
+    if res.get("screen"):
+        lines += ["", "Task-level screen per scenario (deletion fidelity >= 0.9 x FeatureAblation's, alpha 0.05, at most 50 "
+                      "inputs, anytime-valid): decision, inputs used, target queries, estimated fidelity ratio, and the "
+                      "scenario's share of wrong explanations (of all its test inputs):", "",
+                  "| scenario | decision | inputs | queries | fidelity ratio | wrong share |", "|---|---|---|---|---|---|"]
+        for name, r in res["screen"].items():
+            lines.append(f"| {name} | {r['decision']} | {r['n']} | {r['queries']} | {r['ratio_estimate']:.3f} | "
+                         f"{r['wrong_share']:.3f} |")
+    return "\n".join(lines) + "\n"
 
-    def f(v):
-        return "–" if v is None else f"{v:.2f}"
 
+def _f(v) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def gate_tables(res: dict) -> list[str]:
+    """The per-scenario rows and the summary per gate, as markdown lines."""
+    f = _f
+    lines = []
     gates = list(dict.fromkeys(r["gate"] for r in res["gate"]))
     lines += ["", f"Gates at alpha={res['alpha']} (confidence {res.get('confidence')}), margin={res['margin']} (wrong: deletion AUC > FeatureAblation's + "
                   f"margin), calibrated on the {res['n_cal_right']} right explanations of {res['n_cal']} validation "
@@ -392,42 +461,27 @@ def markdown(res: dict) -> str:
                      f"{r['check_queries_per_input']:.2f} | {r['queries_per_input']:.2f} |")
     by = {(r["scenario"], r["gate"]): r for r in res["gate"]}
     held = [s for s in HELD_OUT if any(k[0] == s for k in by)]
-    fresh = [s for s in FRESH if any(k[0] == s for k in by)]
-    fresh11 = [s for s in FRESH_11 if any(k[0] == s for k in by)]
-    fresh12 = [s for s in FRESH_12 if any(k[0] == s for k in by)]
+    groups = [("", held)] + [("*" * (i + 1), [s for s in g if any(k[0] == s for k in by)])
+                             for i, g in enumerate(FRESH_BY_SESSION.values())]
+    groups = [(mark, names) for mark, names in groups if names]
     lines += ["", "Summary: catch rate on the held-out shifts (target >= 0.90 on >= 3; the fresh ones, marked *, were "
                   "added with the relative gates and never looked at before; those marked **, with the target-probe "
                   "gates in session 11; ***, with the confidence strata in session 12), in-distribution false alarms "
                   f"(target <= 0.10) and check queries per in-distribution input; linear_family: a softmax regression, "
                   f"test accuracy {res.get('linear_test_accuracy', float('nan')):.3f}; forest_family: a random forest, "
                   f"test accuracy {res.get('forest_test_accuracy', float('nan')):.3f}:", "",
-              "| gate | " + " | ".join(held + [s + "*" for s in fresh] + [s + "**" for s in fresh11]
-                                     + [s + "***" for s in fresh12])
-              + " | held-out >= 0.90 | fresh* >= 0.90 | fresh** >= 0.90 | fresh*** >= 0.90 | ID false alarms "
-                "| ID check queries |",
-              "|---|" + "---|" * (len(held) + len(fresh) + len(fresh11) + len(fresh12) + 6)]
+              "| gate | " + " | ".join(s + mark for mark, names in groups for s in names) + " | "
+              + " | ".join(f"{'held-out' if not mark else 'fresh' + mark} >= 0.90" for mark, _ in groups)
+              + " | ID false alarms | ID check queries |",
+              "|---|" + "---|" * (sum(len(n) for _, n in groups) + len(groups) + 2)]
     for g in gates:
-        c = [by[(s, g)]["catch_rate"] for s in held]
-        cf = [by[(s, g)]["catch_rate"] for s in fresh]
-        c11 = [by[(s, g)]["catch_rate"] for s in fresh11]
-        ok = sum(v is not None and v >= 0.9 for v in c)
-        okf = sum(v is not None and v >= 0.9 for v in cf)
-        ok11 = sum(v is not None and v >= 0.9 for v in c11)
-        c12 = [by[(s, g)]["catch_rate"] for s in fresh12]
-        ok12 = sum(v is not None and v >= 0.9 for v in c12)
+        cells = [f(by[(s, g)]["catch_rate"]) for _, names in groups for s in names]
+        oks = [f"{sum(by[(s, g)]['catch_rate'] is not None and by[(s, g)]['catch_rate'] >= 0.9 for s in names)} of "
+               f"{len(names)}" for _, names in groups]
         i = by[("in_distribution", g)]
-        lines.append(f"| {g} | " + " | ".join(f(v) for v in c + cf + c11 + c12) + f" | {ok} of {len(held)} | {okf} of "
-                     f"{len(fresh)} | {ok11} of {len(fresh11)} | {ok12} of {len(fresh12)} | {f(i['false_alarms'])} | "
+        lines.append(f"| {g} | " + " | ".join(cells + oks) + f" | {f(i['false_alarms'])} | "
                      f"{i['check_queries_per_input']:.2f} |")
-    if res.get("screen"):
-        lines += ["", "Task-level screen per scenario (deletion fidelity >= 0.9 x FeatureAblation's, alpha 0.05, at most 50 "
-                      "inputs, anytime-valid): decision, inputs used, target queries, estimated fidelity ratio, and the "
-                      "scenario's share of wrong explanations (of all its test inputs):", "",
-                  "| scenario | decision | inputs | queries | fidelity ratio | wrong share |", "|---|---|---|---|---|---|"]
-        for name, r in res["screen"].items():
-            lines.append(f"| {name} | {r['decision']} | {r['n']} | {r['queries']} | {r['ratio_estimate']:.3f} | "
-                         f"{r['wrong_share']:.3f} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

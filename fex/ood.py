@@ -70,6 +70,13 @@ def upper_conformal_threshold(scores: torch.Tensor, rate: float) -> float:
     return math.inf if k > len(s) else float(s[k - 1])
 
 
+def calibration_halves(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (a, b) of a seeded random split of n calibration inputs: a score is fitted on a, its threshold
+    (and a union's flag rate) set on b."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[: n // 2], perm[n // 2:]
+
+
 # --------------------------------------------------------------------------- scores
 class AbnormalityScore:
     """Statistics [B, D] of an input's attribution, and their abnormality against in-distribution data.
@@ -255,8 +262,7 @@ class Prescreen:
         n = x_val.shape[0] if isinstance(x_val, torch.Tensor) else len(x_val)
         if n < 4:
             raise InputError(f"prescreen calibration needs at least 4 in-distribution inputs, got {n}")
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        a, b = perm[: n // 2], perm[n // 2:]
+        a, b = calibration_halves(n, seed)
         ta = tb = target
         if target is not None and torch.as_tensor(target).numel() > 1:
             ta, tb = torch.as_tensor(target)[a], torch.as_tensor(target)[b]
@@ -277,8 +283,10 @@ class Prescreen:
 class FlagUnion:
     """Calibrated prescreens as one stratifier: an input is flagged where any of them flags it.
 
-    :meth:`calibrate` calibrates each part (its own halves of ``x_val``) and then measures ``rate``, the share
-    of ``x_val`` the union flags: what :class:`fex.gate.Gate` (``abnormality=``) spends ``abnormal_alpha`` on.
+    :meth:`calibrate` calibrates each part (each fits its score on the same half of ``x_val`` and sets its
+    threshold on the other) and then measures ``rate``, the share of that other half the union flags: what
+    :class:`fex.gate.Gate` (``abnormality=``) spends ``abnormal_alpha`` on. (Measured on the inputs a score was
+    fitted on, the rate would be too low: a fitted score finds those inputs more usual than new ones.)
     """
 
     def __init__(self, *parts: Prescreen) -> None:
@@ -294,7 +302,9 @@ class FlagUnion:
     def calibrate(self, x_val: Any, target: Any = None, seed: int = 0) -> float:
         for p in self.parts:
             p.calibrate(x_val, target, seed)
-        self.rate = float(self.flag(x_val, target).float().mean())
+        _, b = calibration_halves(x_val.shape[0] if isinstance(x_val, torch.Tensor) else len(x_val), seed)
+        tb = target if target is None or torch.as_tensor(target).numel() == 1 else torch.as_tensor(target)[b]
+        self.rate = float(self.flag(x_val[b], tb).float().mean())
         if not 0 < self.rate < 1:
             raise InputError(f"the prescreens flag {self.rate:.0%} of the in-distribution inputs together: "
                              "give them lower rates (or more inputs)")
