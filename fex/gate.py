@@ -74,6 +74,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any, Sequence
@@ -683,6 +684,13 @@ class Gate:
             flag = torch.cat(flags)
             self.threshold = conformal_threshold(s[keep & ~flag], self.unflagged_alpha(), self.confidence)
             self.abnormal_threshold = conformal_threshold(s[keep & flag], self.abnormal_alpha, self.confidence)
+            for name, thr, a, m in (("unflagged", self.threshold, self.unflagged_alpha(), int((keep & ~flag).sum())),
+                                    ("flagged", self.abnormal_threshold, self.abnormal_alpha, int((keep & flag).sum()))):
+                if thr == -math.inf:  # said, not silent: this stratum's inputs will all pass
+                    warnings.warn(f"gate stratum '{name}' has no threshold: {m} right validation explanations are too "
+                                  f"few for its false-alarm rate {a:.3g}" + (f" at confidence {self.confidence}"
+                                  if self.confidence else "") + ", so every such input passes unchecked; use more "
+                                  "inputs, a lower flag rate or a smaller abnormal_alpha", stacklevel=2)
         else:
             self.threshold = conformal_threshold(s[keep], self.alpha, self.confidence)
         if self.early_alpha is not None:

@@ -154,6 +154,19 @@ def test_mondrian_thresholds_per_stratum_keep_the_false_alarm_rate():
     assert abs(fail.float().mean().item() - 0.1) < 0.04
 
 
+
+def test_a_stratum_too_small_for_its_alpha_is_said_not_silent():
+    bb, masker = linear_target(), PatchMasker((7, 7), (1, 28, 28))
+    pre = Prescreen(PixelMean(), rate=0.5)
+    pre.calibrate(torch.rand(2000, 1, 28, 28, generator=torch.Generator().manual_seed(9)))
+    # half flagged at 0.19: the unflagged half keeps alpha 0.01, below one rank among ~40 right explanations
+    gate = Gate(bb, masker, statistic="deletion", fallback=None, abnormality=pre, abnormal_alpha=0.19)
+    s_val, x_val = linear_world(80, 0)
+    with pytest.warns(UserWarning, match="stratum 'unflagged' has no threshold"):
+        gate.calibrate(s_val, x_val, alpha=0.1, target=1, reference=None)
+    assert gate.threshold == -math.inf and math.isfinite(gate.abnormal_threshold)
+
+
 def test_sidecar_keeps_statistic_and_strata(tmp_path):
     bb = BlackBox(LinearPatchTarget(), num_classes=2)
     ckpt = make_checkpoint(tmp_path / "explainer.ckpt", bb)
