@@ -154,7 +154,6 @@ def test_mondrian_thresholds_per_stratum_keep_the_false_alarm_rate():
     assert abs(fail.float().mean().item() - 0.1) < 0.04
 
 
-
 def test_a_stratum_too_small_for_its_alpha_is_said_not_silent():
     bb, masker = linear_target(), PatchMasker((7, 7), (1, 28, 28))
     pre = Prescreen(PixelMean(), rate=0.5)

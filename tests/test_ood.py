@@ -222,4 +222,3 @@ def test_flag_union_flags_where_any_part_does_and_measures_its_rate():
     assert gate.unflagged_alpha() == pytest.approx((0.1 - rate * 0.3) / (1 - rate))
     with pytest.raises(ConfigError, match="at least one"):
         FlagUnion()
-
