@@ -378,8 +378,8 @@ def own_curve_ceiling(explainer, bb: BlackBox, x_cal: torch.Tensor, scenarios: l
     """
     def curves(e, b, x):
         lab = labelled(e, b, x, a.margin, a.deletion_steps)
-        own = labelled(e, b, x, a.margin, None)["d_e"] if a.deletion_steps else lab["d_e"]  # every step
         with b.uncounted():
+            own = M.deletion_auc(b, explainer.masker, x, lab["scores"], lab["target"], None).cpu()  # every step
             p = b(x).gather(1, lab["target"].view(-1, 1)).squeeze(1).cpu()
         return lab["wrong"], {"own area": -own, "own area / p": -own / p.clamp_min(1e-6)}
 
