@@ -77,6 +77,19 @@ def calibration_halves(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
     return perm[: n // 2], perm[n // 2:]
 
 
+def split_calibration(x_val: Any, target: Any = None, seed: int = 0) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """``(x_a, target_a), (x_b, target_b)``: the halves of :func:`calibration_halves`, with per-input targets
+    split alongside (one target, or None, goes to both)."""
+    n = x_val.shape[0] if isinstance(x_val, torch.Tensor) else len(x_val)
+    if n < 4:
+        raise InputError(f"prescreen calibration needs at least 4 in-distribution inputs, got {n}")
+    a, b = calibration_halves(n, seed)
+    ta = tb = target
+    if target is not None and torch.as_tensor(target).numel() > 1:
+        ta, tb = torch.as_tensor(target)[a], torch.as_tensor(target)[b]
+    return (x_val[a], ta), (x_val[b], tb)
+
+
 # --------------------------------------------------------------------------- scores
 class AbnormalityScore:
     """Statistics [B, D] of an input's attribution, and their abnormality against in-distribution data.
@@ -259,15 +272,9 @@ class Prescreen:
         return self.score_fn.cost
 
     def calibrate(self, x_val: Any, target: Any = None, seed: int = 0) -> float:
-        n = x_val.shape[0] if isinstance(x_val, torch.Tensor) else len(x_val)
-        if n < 4:
-            raise InputError(f"prescreen calibration needs at least 4 in-distribution inputs, got {n}")
-        a, b = calibration_halves(n, seed)
-        ta = tb = target
-        if target is not None and torch.as_tensor(target).numel() > 1:
-            ta, tb = torch.as_tensor(target)[a], torch.as_tensor(target)[b]
-        self.score_fn.fit(x_val[a], ta)
-        self.threshold = upper_conformal_threshold(self.score_fn.score(x_val[b], tb), self.rate)
+        (xa, ta), (xb, tb) = split_calibration(x_val, target, seed)
+        self.score_fn.fit(xa, ta)
+        self.threshold = upper_conformal_threshold(self.score_fn.score(xb, tb), self.rate)
         return self.threshold
 
     def scores(self, x: Any, target: Any = None) -> torch.Tensor:
@@ -302,9 +309,8 @@ class FlagUnion:
     def calibrate(self, x_val: Any, target: Any = None, seed: int = 0) -> float:
         for p in self.parts:
             p.calibrate(x_val, target, seed)
-        _, b = calibration_halves(x_val.shape[0] if isinstance(x_val, torch.Tensor) else len(x_val), seed)
-        tb = target if target is None or torch.as_tensor(target).numel() == 1 else torch.as_tensor(target)[b]
-        self.rate = float(self.flag(x_val[b], tb).float().mean())
+        _, (xb, tb) = split_calibration(x_val, target, seed)
+        self.rate = float(self.flag(xb, tb).float().mean())
         if not 0 < self.rate < 1:
             raise InputError(f"the prescreens flag {self.rate:.0%} of the in-distribution inputs together: "
                              "give them lower rates (or more inputs)")

@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from fex.errors import ConfigError, TargetError
+from fex.errors import ConfigError, InputError, TargetError
 from fex.gate import Gate
 from fex.maskers.image import PatchMasker
 from fex.ood import (AbnormalityScore, AttributionAbnormality, FlagUnion, GradientAbnormality, Prescreen,
-                     TargetConfidence, auroc, calibration_halves, upper_conformal_threshold, zscore_abnormality)
+                     TargetConfidence, auroc, calibration_halves, split_calibration, upper_conformal_threshold,
+                     zscore_abnormality)
 from fex.shifts import (flip_images, photo_patches, printed_letters, rotate_images, scale_images, sklearn_digits,
                         translate_images, turn_images)
 from helpers import PLANTED, planted_blackbox, synthetic_images
@@ -114,6 +115,17 @@ def test_prescreen_flags_the_stated_rate_in_distribution_and_every_shifted_input
     rate = pre.flag(synthetic_images(4000, seed=1)).float().mean().item()
     assert 0.07 <= rate <= 0.13  # conformal: about 10% of new in-distribution inputs (sd of the rate ~0.007)
     assert pre.flag(0.4 + 0.3 * synthetic_images(100, seed=2)).all()  # low-contrast images: all flagged
+
+
+def test_calibration_split_carries_per_input_targets_with_their_inputs():
+    x, y = torch.arange(10.0), torch.arange(10) + 100
+    (xa, ya), (xb, yb) = split_calibration(x, y, seed=3)
+    assert torch.equal(ya, xa.long() + 100) and torch.equal(yb, xb.long() + 100)
+    assert sorted(torch.cat([xa, xb]).tolist()) == x.tolist()  # two disjoint halves of all the inputs
+    (_, one_a), (_, one_b) = split_calibration(x, 7)
+    assert one_a == one_b == 7  # one target goes to both halves
+    with pytest.raises(InputError, match="at least 4"):
+        Prescreen(PixelSpread()).calibrate(synthetic_images(3, seed=0))
 
 
 def oracle_scores(n, seed=0):
