@@ -149,9 +149,9 @@ def test_truncated_encoder_policy_is_the_first_layers_and_reloads(tmp_path):
         TextEncoderBackbone(num_layers=99)
 
 
-@pytest.mark.parametrize("preset", ["text_rt", "text_rt_quick"])
+@pytest.mark.parametrize("preset", ["text_rt", "text_rt_quick", "text_rt_fine"])
 def test_text_presets_fast_dev_run_without_the_minilm_target(preset, tmp_path):
-    """Both text presets run end to end as fast dev runs on a planted-word target (no MiniLM fine-tune)."""
+    """The text presets run end to end as fast dev runs on a planted-word target (no MiniLM fine-tune)."""
     from fex.tasks.train import train
 
     over = [f"experiment={preset}", *TEXT_FAST[1:], "trainer.fast_dev_run=true", "data.limit=64", "logger=none",
