@@ -158,6 +158,10 @@ def test_text_presets_fast_dev_run_without_the_minilm_target(preset, tmp_path):
             "trainer.enable_progress_bar=false", "gallery_size=2", "val_auc_examples=4"]
     metrics, objects = train(compose("train", over, output_dir=tmp_path))
     assert os.path.isfile(metrics["checkpoint"]) and metrics["train/queries"] > 0
+    layers = objects["module"].policy.backbone.encoder.encoder.layer
+    trained = [all(p.requires_grad for p in layer.parameters()) for layer in layers]
+    # text_rt_fine: all 6 MiniLM layers in the policy, every one fine-tuned; the others: 2 frozen layers
+    assert trained == ([True] * 6 if preset == "text_rt_fine" else [False] * 2)
 
 
 def test_banked_text_preset_queries_each_snippet_once_and_never_banks_padding(tmp_path):
