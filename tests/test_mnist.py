@@ -26,3 +26,17 @@ def test_deletion_curve_below_random(tmp_path, mnist_target):
     i_rand = insertion_auc(bb, explainer.masker, x, random_scores, out["target"]).mean().item()
     assert d_fex < d_rand - 0.05, (d_fex, d_rand)
     assert i_fex > i_rand, (i_fex, i_rand)
+
+
+def test_the_same_seed_trains_the_same_target(tmp_path):
+    """The target's weights come from its seed, not from whatever ran before in the process (CI once got
+    a different default target on each clean clone, because the weights were drawn before seeding)."""
+    from fex.targets.mnist_cnn import pretrained_mnist_cnn
+
+    states = []
+    for before, cache in ((123, "a"), (456, "b")):
+        torch.manual_seed(before)  # some earlier, unrelated use of the global RNG
+        states.append(pretrained_mnist_cnn(cache_dir=str(tmp_path / cache), seed=0, epochs=1).state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    other = pretrained_mnist_cnn(cache_dir=str(tmp_path / "c"), seed=1, epochs=1).state_dict()
+    assert not torch.equal(states[0]["net.0.weight"], other["net.0.weight"])

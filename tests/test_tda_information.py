@@ -177,10 +177,13 @@ def test_information_refuses_bad_settings():
 def test_tda_information_task_writes_scores_and_subsets(tmp_path):
     from fex.tasks.tda import tda
 
-    cfg = compose("tda", ["tda_method=information", "tda.train_limit=300", "tda.test_examples=[0,1]", "tda.top_k=3"],
-                  tmp_path)
+    cfg = compose("tda", ["tda_method=information", "tda.train_limit=600", "tda.test_examples=[0,1,2,3]",
+                          "tda.top_k=3"], tmp_path)
     metrics, obj = tda(cfg)
-    assert obj["scores"].shape == (2, 300) and len(obj["subsets"]) == 2
-    assert metrics["tda/method"] == "information" and metrics["tda/params"] == 1290 and metrics["tda/gradients"] == 300
-    assert 0.5 <= metrics["tda/spearman_vs_exact_full"] <= 1.0  # the real target: agrees with exact influence
+    assert obj["scores"].shape == (4, 600) and len(obj["subsets"]) == 4
+    assert metrics["tda/method"] == "information" and metrics["tda/params"] == 1290 and metrics["tda/gradients"] == 600
+    # the real target: agrees with exact influence. 600 digits and 4 inputs, because one run's Spearman over
+    # 300 digits and 2 inputs spread 0.42-0.61 across targets (docs/tda_information.md); here 0.65-0.72
+    assert 0.5 <= metrics["tda/spearman_vs_exact_full"] <= 1.0
+    assert metrics["tda/pearson_vs_exact_full"] >= 0.75  # 0.87-0.92 on the same four targets
     assert (tmp_path / "influence.png").is_file() and (tmp_path / "scores.npz").is_file()

@@ -39,6 +39,13 @@ class SmallCNN(nn.Module):
         return self.net(x)
 
 
+def _materialised() -> SmallCNN:
+    """A :class:`SmallCNN` for 28x28 digits with its lazy layer built (weights from the current RNG state)."""
+    model = SmallCNN()
+    model(torch.zeros(1, 1, 28, 28))
+    return model
+
+
 def mnist_classifier(model: nn.Module, lr: float) -> Classifier:
     """How the MNIST target trains: Adam at ``lr`` (x0.3 every 6 epochs), random shifts of up to 2 pixels."""
     return Classifier(model, partial(torch.optim.Adam, lr=lr),
@@ -83,15 +90,14 @@ def pretrained_mnist_cnn(cache_dir: str = "~/.cache/fex", seed: int = 0, epochs:
     """The MNIST target, trained on the fixed split for ``seed`` and cached; returns it in eval mode."""
     path = cache_path(cache_dir, seed, epochs, lr, val_size, test_size)
     legacy = path.with_name(f"mnist_cnn_seed{seed}_v{val_size}_t{test_size}.pt")  # before settings were in the name
-    model = SmallCNN()
-    model(torch.zeros(1, 1, 28, 28))  # materialise the lazy layer
     if not retrain and not path.exists() and (epochs, lr) == (DEFAULT_EPOCHS, DEFAULT_LR) and legacy.exists():
         log.info("using the MNIST target cached under its old name %s (default settings)", legacy)
         path = legacy
     if path.exists() and not retrain:
-        return load_cached(model, path)
+        return load_cached(_materialised(), path)
     log.info("training the MNIST target CNN once (cached at %s)", path)
-    pl.seed_everything(seed, workers=True)
+    pl.seed_everything(seed, workers=True)  # before the weights are drawn: one seed, one target
+    model = _materialised()
     dm = MNISTDataModule(batch_size=64, val_size=val_size, test_size=test_size, seed=seed)
     fit(mnist_classifier(model, lr), epochs=epochs, progress=True, datamodule=dm)
     save_torch(path, model.state_dict())  # a killed run never leaves a half-written cache
