@@ -1,18 +1,30 @@
-"""On the real MNIST CNN: the trained explainer beats a random attribution on deletion AUC."""
+"""On the real MNIST CNN: the trained explainer beats a random attribution on deletion AUC; the gate and OOD
+benchmarks run end to end on it and catch what is wrong by construction; the target is the same for one seed."""
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from conftest import compose
+from conftest import ROOT, compose
 from fex.metrics import deletion_auc, insertion_auc
+from fex.tasks.train import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mnist_target):
+    """One short run of the main job (2 epochs): (metrics, objects, checkpoint path)."""
+    out = tmp_path_factory.mktemp("mnist_train")
+    cfg = compose(overrides=["trainer.max_epochs=2", "logger=none", "trainer.enable_progress_bar=false",
+                             "gallery_size=4", "val_auc_examples=16"], output_dir=out)
+    metrics, objects = train(cfg)
+    return metrics, objects, out / "explainer.ckpt"
 
 
 @pytest.mark.slow
-def test_deletion_curve_below_random(tmp_path, mnist_target):
-    from fex.tasks.train import train
-
-    cfg = compose(overrides=["trainer.max_epochs=2", "logger=none", "trainer.enable_progress_bar=false",
-                             "gallery_size=4", "val_auc_examples=16"], output_dir=tmp_path)
-    metrics, objects = train(cfg)
+def test_deletion_curve_below_random(trained):
+    metrics, objects, _ = trained
     assert metrics["target/test_accuracy"] >= 0.95  # the acceptance bar for the default target
     explainer, bb = objects["explainer"], objects["blackbox"]
     test = objects["datamodule"].dataset("test")
@@ -40,3 +52,40 @@ def test_the_same_seed_trains_the_same_target(tmp_path):
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     other = pretrained_mnist_cnn(cache_dir=str(tmp_path / "c"), seed=1, epochs=1).state_dict()
     assert not torch.equal(states[0]["net.0.weight"], other["net.0.weight"])
+
+
+def _bench(script: str, *args: str) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_bench_gate_quick_catches_corrupted_and_retargeted_explanations(trained, tmp_path):
+    _bench("bench_gate.py", "--checkpoint", str(trained[2]), "--quick", "--out", str(tmp_path))
+    res = json.loads((tmp_path / "gate.json").read_text())
+    assert (tmp_path / "gate.md").is_file()
+    rows = {(r["scenario"], r["margin"]): r for r in res["rows"]}
+    for scenario in ("in_distribution", "ood_inverted", "ood_noise", "other_target", "corrupted"):
+        assert (scenario, 0.1) in rows, sorted(rows)
+    # wrong by construction: shuffled scores, and the explainer checked against a different target
+    assert rows[("corrupted", 0.1)]["wrong"] >= 30 and rows[("corrupted", 0.1)]["catch_rate"] >= 0.9
+    assert rows[("other_target", 0.1)]["fail_rate"] >= 0.9
+    assert res["summary"]["0.1"]["false_alarm_rate_in_distribution"] <= 0.3  # conformal at alpha 0.1, 40 inputs
+
+
+@pytest.mark.slow
+def test_bench_ood_small_run_writes_every_gate_and_separates_obvious_shifts(trained, tmp_path):
+    _bench("bench_ood.py", "--checkpoint", str(trained[2]), "--n-val", "100", "--n-test", "40", "--mlp-epochs", "1",
+           "--out", str(tmp_path))
+    res = json.loads((tmp_path / "ood.json").read_text())
+    assert (tmp_path / "ood.md").is_file()
+    # inverted digits and pure noise are far from MNIST: the explainer's own logits separate them
+    assert res["auroc"]["fex logits (0 queries)"]["inverted"] >= 0.95
+    assert res["auroc"]["fex logits (0 queries)"]["noise"] >= 0.95
+    gates = {(g["scenario"], g["gate"]): g for g in res["gate"]}
+    probe = "relative deletion + target probe"
+    # a target of another model family answers the probe differently: every wrong explanation is caught
+    families = [gates[(scenario, probe)] for scenario in ("other_family", "linear_family", "forest_family")]
+    assert sum(g["n_wrong"] for g in families) >= 5, families
+    assert all(g["catch_rate"] == 1.0 for g in families if g["n_wrong"]), families
