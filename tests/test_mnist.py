@@ -54,6 +54,26 @@ def test_the_same_seed_trains_the_same_target(tmp_path):
     assert not torch.equal(states[0]["net.0.weight"], other["net.0.weight"])
 
 
+def test_training_the_target_leaves_the_callers_random_streams_as_loading_it_does(tmp_path):
+    """A job's next draws (explainer weights, masks) are the same on a first run, which trains the target, and
+    on a later one, which reads it from the cache."""
+    import os
+    import random
+
+    import numpy as np
+
+    from fex.targets.mnist_cnn import pretrained_mnist_cnn
+
+    draws = []
+    for _ in ("trained", "cached"):
+        torch.manual_seed(7), np.random.seed(7), random.seed(7)
+        os.environ.pop("PL_GLOBAL_SEED", None)
+        pretrained_mnist_cnn(cache_dir=str(tmp_path), seed=0, epochs=1)
+        draws.append((torch.rand(4), np.random.rand(4), random.random(), os.environ.get("PL_GLOBAL_SEED")))
+    (t1, n1, r1, e1), (t2, n2, r2, e2) = draws
+    assert torch.equal(t1, t2) and np.array_equal(n1, n2) and r1 == r2 and e1 is None and e2 is None
+
+
 def _bench(script: str, *args: str) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)

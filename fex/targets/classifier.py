@@ -3,12 +3,17 @@ proxies distilled from a target, and the fine-tuned text classifiers.
 
 ``model`` maps inputs to logits [B, C]. It is fitted by cross-entropy to labels (batches ``(x, y, ...)``)
 or, with ``soft=True``, by KL divergence to a teacher's probabilities (batches ``(x, p_teacher [B, C])``).
-Validation batches ``(x, y, ...)`` log accuracy. :func:`fit` runs a quiet single-CPU Trainer.
+Validation batches ``(x, y, ...)`` log accuracy. :func:`fit` runs a quiet single-CPU Trainer; :func:`own_rng`
+gives a target's training its own seeded random streams.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import os
+import random
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F_
@@ -75,3 +80,28 @@ def fit(module: Classifier, *, epochs: int | None = None, steps: int | None = No
                          enable_model_summary=False, enable_progress_bar=progress)
     trainer.fit(module, **data)
     return module.model.eval()
+
+
+SEED_ENV = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")  # what pl.seed_everything leaves in the environment
+
+
+@contextmanager
+def own_rng(seed: int) -> Iterator[None]:
+    """Train a target on its own random streams: python, numpy and torch (CPU) seeded with ``seed`` on entry,
+    the caller's streams (and Lightning's seed variables) restored on exit. So the weights come from ``seed``
+    alone, and what a job draws next (explainer weights, masks) is the same whether its target was trained
+    just now or read from the cache."""
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    env = {k: os.environ.get(k) for k in SEED_ENV}
+    try:
+        pl.seed_everything(seed, workers=True)
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

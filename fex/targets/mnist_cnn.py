@@ -19,7 +19,7 @@ from fex.data.mnist import MNISTDataModule
 from fex.errors import TargetError
 from fex.io import save_torch
 from fex.targets import accuracy
-from fex.targets.classifier import Classifier, fit, random_shift
+from fex.targets.classifier import Classifier, fit, own_rng, random_shift
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,13 @@ def pretrained_mnist_cnn(cache_dir: str = "~/.cache/fex", seed: int = 0, epochs:
         log.info("using the MNIST target cached under its old name %s (default settings)", legacy)
         path = legacy
     if path.exists() and not retrain:
-        return load_cached(_materialised(), path)
+        with own_rng(seed):  # the weights drawn here are overwritten; the caller's streams stay as they were
+            return load_cached(_materialised(), path)
     log.info("training the MNIST target CNN once (cached at %s)", path)
-    pl.seed_everything(seed, workers=True)  # before the weights are drawn: one seed, one target
-    model = _materialised()
-    dm = MNISTDataModule(batch_size=64, val_size=val_size, test_size=test_size, seed=seed)
-    fit(mnist_classifier(model, lr), epochs=epochs, progress=True, datamodule=dm)
+    with own_rng(seed):  # seeded before the weights are drawn: one seed, one target
+        model = _materialised()
+        dm = MNISTDataModule(batch_size=64, val_size=val_size, test_size=test_size, seed=seed)
+        fit(mnist_classifier(model, lr), epochs=epochs, progress=True, datamodule=dm)
     save_torch(path, model.state_dict())  # a killed run never leaves a half-written cache
     test = dm.dataset("test")
     log.info("MNIST target test accuracy %.4f", accuracy(model, test.x, test.y))

@@ -22,7 +22,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -31,7 +30,7 @@ from fex.blackbox import BlackBox, weights_hash
 from fex.data.mnist import MNISTDataModule
 from fex.io import save_torch, write_json
 from fex.maskers.image import PatchMasker
-from fex.targets.classifier import Classifier, fit
+from fex.targets.classifier import Classifier, fit, own_rng
 from fex.targets.mnist_cnn import pretrained_mnist_cnn
 
 log = logging.getLogger(__name__)
@@ -99,8 +98,9 @@ def mnist_proxy(cache_dir: str = "~/.cache/fex", seed: int = 0, teacher_seed: in
     """
     teacher_seed = seed if teacher_seed is None else teacher_seed
     path = proxy_path(cache_dir, seed, teacher_seed, width, masked_copies, grid, baseline, epochs, val_size, test_size)
-    student = TinyCNN(width=width)
     if path.exists() and not retrain:
+        with own_rng(seed):  # the weights drawn here are overwritten; the caller's streams stay as they were
+            student = TinyCNN(width=width)
         student.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return student.eval()
     teacher = pretrained_mnist_cnn(cache_dir, seed=teacher_seed, val_size=val_size, test_size=test_size)
@@ -112,9 +112,8 @@ def mnist_proxy(cache_dir: str = "~/.cache/fex", seed: int = 0, teacher_seed: in
     with bb.counting() as c:
         p_teacher = bb(transfer)  # the proxy's whole cost in target queries
     log.info("distilling the MNIST proxy from %d teacher answers (cached at %s)", c.n, path)
-    pl.seed_everything(seed, workers=True)
-    torch.manual_seed(seed)
-    student = distill(TinyCNN(width=width), transfer, p_teacher, epochs, lr, batch_size)
+    with own_rng(seed):
+        student = distill(TinyCNN(width=width), transfer, p_teacher, epochs, lr, batch_size)
     test = dm.dataset("test").x
     test_masked = masked_copies_of(test, 1, grid, baseline, seed + 1)
     info = {"teacher_queries": int(c.n), "teacher_weights_sha256": weights_hash(teacher), "transfer_size": len(transfer),

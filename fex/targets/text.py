@@ -22,7 +22,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -32,7 +31,7 @@ from fex.errors import InputError, TargetError
 from fex.io import write_json
 from fex.maskers.text import pool_words, resolve_model_path, split_words
 from fex.targets import accuracy
-from fex.targets.classifier import Classifier, fit
+from fex.targets.classifier import Classifier, fit, own_rng
 
 log = logging.getLogger("fex")
 
@@ -171,16 +170,16 @@ def finetune_classifier(base: str | None, train_set, num_labels: int, epochs: fl
 
     _offline()
     transformers.logging.set_verbosity_error()
-    pl.seed_everything(seed, workers=True)
-    clf = hf_classifier(base or "minilm", max_length=max_length, num_labels=num_labels, num_layers=num_layers)
-    if train_last_n_layers is not None:
-        freeze_all_but_last(clf, train_last_n_layers)
-    # AdamW with linear warm-up over the first 10% of the steps, then linear decay (transformers' schedule)
-    module = Classifier(clf, partial(torch.optim.AdamW, lr=lr, weight_decay=0.01), interval="step",
-                        scheduler=lambda opt, total: transformers.get_linear_schedule_with_warmup(
-                            opt, num_warmup_steps=max(1, round(0.1 * total)), num_training_steps=total))
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, collate_fn=_collate_raw)
-    return fit(module, steps=int(round(epochs * len(loader))), train_dataloaders=loader)
+    with own_rng(seed):
+        clf = hf_classifier(base or "minilm", max_length=max_length, num_labels=num_labels, num_layers=num_layers)
+        if train_last_n_layers is not None:
+            freeze_all_but_last(clf, train_last_n_layers)
+        # AdamW with linear warm-up over the first 10% of the steps, then linear decay (transformers' schedule)
+        module = Classifier(clf, partial(torch.optim.AdamW, lr=lr, weight_decay=0.01), interval="step",
+                            scheduler=lambda opt, total: transformers.get_linear_schedule_with_warmup(
+                                opt, num_warmup_steps=max(1, round(0.1 * total)), num_training_steps=total))
+        loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, collate_fn=_collate_raw)
+        return fit(module, steps=int(round(epochs * len(loader))), train_dataloaders=loader)
 
 
 def target_cache_path(cache_dir: str | None, prefix: str, source: str, settings: dict) -> Path:
@@ -241,7 +240,8 @@ def minilm_sentiment(cache_dir: str | None = None, source: str = "rotten_tomatoe
         raise TargetError(f"cached target {root} has test accuracy {meta['test_accuracy']:.3f} < {min_accuracy}")
     log.info("MiniLM sentiment target %s (held-out accuracy %.4f)", root, meta["test_accuracy"])
     try:
-        clf = hf_classifier(str(root), max_length=max_length)
+        with own_rng(seed):  # any weights drawn while loading are overwritten; the caller's streams stay as they were
+            clf = hf_classifier(str(root), max_length=max_length)
     except TargetError as exc:
         raise TargetError(f"target cache {root} is corrupt ({exc}); delete it and rerun to retrain the target") from exc
     clf.test_accuracy = meta["test_accuracy"]

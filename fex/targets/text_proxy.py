@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from fex.blackbox import BlackBox, weights_hash
 from fex.data.text import load_splits
 from fex.maskers.text import WordMasker, load_tokenizer, resolve_model_path
+from fex.targets.classifier import own_rng
 from fex.targets.proxy import agreement, distill, random_keep_masks, save_proxy
 from fex.targets.text import _offline, as_texts, minilm_sentiment, target_cache_path
 
@@ -126,12 +126,11 @@ def distill_text_proxy(teacher: Any, train_texts: Sequence[str], test_texts: Seq
         p_teacher = bb(transfer).cpu()  # [N, C]: the proxy's whole cost in target queries
     teacher_seconds = time.perf_counter() - t0
     log.info("distilling the text proxy from %d teacher answers (cached at %s)", c.n, path)
-    pl.seed_everything(seed, workers=True)
-    torch.manual_seed(seed)
-    student = BagOfEmbeddings(input_embeddings(base), load_tokenizer(base), p_teacher.shape[1], hidden, max_length)
-    t0 = time.perf_counter()
-    distill(student.head, _pooled(student, transfer), p_teacher, epochs, lr, batch_size)  # the embeddings are frozen
-    train_seconds = time.perf_counter() - t0
+    with own_rng(seed):
+        student = BagOfEmbeddings(input_embeddings(base), load_tokenizer(base), p_teacher.shape[1], hidden, max_length)
+        t0 = time.perf_counter()
+        distill(student.head, _pooled(student, transfer), p_teacher, epochs, lr, batch_size)  # embeddings frozen
+        train_seconds = time.perf_counter() - t0
     student.eval()
     test = WordMasker(None, max_length=128).encode(list(test_texts))["text"]
     test_masked = word_masked_copies(test, 1, seed + 1, mask_mode, mask_token)
@@ -160,7 +159,9 @@ def load_text_proxy(path: str | os.PathLike, base: str | None = None, hidden: in
     """A cached :func:`distill_text_proxy` student (its class count is read from the json beside it)."""
     path = Path(path)
     info = json.loads(path.with_suffix(".json").read_text())
-    student = BagOfEmbeddings(input_embeddings(base), load_tokenizer(base), int(info["num_classes"]), hidden, max_length)
+    with own_rng(0):  # the weights drawn here are overwritten; the caller's streams stay as they were
+        student = BagOfEmbeddings(input_embeddings(base), load_tokenizer(base), int(info["num_classes"]), hidden,
+                                  max_length)
     student.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return student.eval()
 
