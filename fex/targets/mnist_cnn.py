@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fex.data.mnist import MNISTDataModule
 from fex.errors import TargetError
 from fex.io import save_torch
+from fex.paths import cache_dir_or_default
 from fex.targets import accuracy
 from fex.targets.classifier import Classifier, fit, own_rng, random_shift
 
@@ -69,9 +70,9 @@ def fit_small_cnn(x: torch.Tensor, y: torch.Tensor, epochs: int = DEFAULT_EPOCHS
     return fit(mnist_classifier(model, lr), epochs=epochs, train_dataloaders=loader)
 
 
-def cache_path(cache_dir: str, seed: int, epochs: int, lr: float, val_size: int, test_size: int) -> Path:
+def cache_path(cache_dir: str | os.PathLike | None, seed: int, epochs: int, lr: float, val_size: int, test_size: int) -> Path:
     """The cache file names every training setting, so a short retrain never replaces the full model."""
-    return Path(os.path.expanduser(cache_dir)) / f"mnist_cnn_seed{seed}_v{val_size}_t{test_size}_e{epochs}_lr{lr:g}.pt"
+    return cache_dir_or_default(cache_dir) / f"mnist_cnn_seed{seed}_v{val_size}_t{test_size}_e{epochs}_lr{lr:g}.pt"
 
 
 def load_cached(model: nn.Module, path: Path) -> nn.Module:
@@ -84,7 +85,7 @@ def load_cached(model: nn.Module, path: Path) -> nn.Module:
     return model.eval()
 
 
-def pretrained_mnist_cnn(cache_dir: str = "~/.cache/fex", seed: int = 0, epochs: int = DEFAULT_EPOCHS,
+def pretrained_mnist_cnn(cache_dir: str | None = None, seed: int = 0, epochs: int = DEFAULT_EPOCHS,
                          lr: float = DEFAULT_LR, val_size: int = 500, test_size: int = 1000,
                          retrain: bool = False) -> SmallCNN:
     """The MNIST target, trained on the fixed split for ``seed`` and cached; returns it in eval mode."""

@@ -30,6 +30,7 @@ from fex.blackbox import BlackBox, weights_hash
 from fex.data.mnist import MNISTDataModule
 from fex.io import save_torch, write_json
 from fex.maskers.image import PatchMasker
+from fex.paths import cache_dir_or_default
 from fex.targets.classifier import Classifier, fit, own_rng
 from fex.targets.mnist_cnn import pretrained_mnist_cnn
 
@@ -86,7 +87,7 @@ def save_proxy(path: Path, student: nn.Module, info: dict) -> None:
     write_json(path.with_suffix(".json"), info)
 
 
-def mnist_proxy(cache_dir: str = "~/.cache/fex", seed: int = 0, teacher_seed: int | None = None, width: int = 8,
+def mnist_proxy(cache_dir: str | None = None, seed: int = 0, teacher_seed: int | None = None, width: int = 8,
                 masked_copies: int = 3, grid: Sequence[int] = (7, 7), baseline: str = "zeros", epochs: int = 10,
                 lr: float = 3e-3, batch_size: int = 128, val_size: int = 500, test_size: int = 1000,
                 retrain: bool = False) -> TinyCNN:
@@ -125,15 +126,15 @@ def mnist_proxy(cache_dir: str = "~/.cache/fex", seed: int = 0, teacher_seed: in
     return student
 
 
-def proxy_path(cache_dir: str, seed: int, teacher_seed: int, width: int, masked_copies: int, grid: Sequence[int],
+def proxy_path(cache_dir: str | os.PathLike | None, seed: int, teacher_seed: int, width: int, masked_copies: int, grid: Sequence[int],
                baseline: str, epochs: int, val_size: int, test_size: int) -> Path:
     """Where a proxy with these settings is cached (``.pt``; its record is the ``.json`` beside it)."""
     name = (f"mnist_proxy_t{teacher_seed}_s{seed}_w{width}_m{masked_copies}_g{grid[0]}x{grid[1]}_{baseline}"
             f"_e{epochs}_v{val_size}_t{test_size}")
-    return Path(os.path.expanduser(cache_dir)) / f"{name}.pt"
+    return cache_dir_or_default(cache_dir) / f"{name}.pt"
 
 
-def proxy_info(cache_dir: str = "~/.cache/fex", seed: int = 0, teacher_seed: int | None = None, width: int = 8,
+def proxy_info(cache_dir: str | None = None, seed: int = 0, teacher_seed: int | None = None, width: int = 8,
                masked_copies: int = 3, grid: Sequence[int] = (7, 7), baseline: str = "zeros", epochs: int = 10,
                val_size: int = 500, test_size: int = 1000, **_: object) -> dict:
     """The cost/agreement record of a cached proxy (same arguments as :func:`mnist_proxy`)."""

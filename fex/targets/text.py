@@ -26,10 +26,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fex.data.text import TextDataset, default_cache_dir, load_splits
+from fex.data.text import TextDataset, load_splits
 from fex.errors import InputError, TargetError
 from fex.io import write_json
 from fex.maskers.text import pool_words, resolve_model_path, split_words
+from fex.paths import cache_dir_or_default
 from fex.targets import accuracy
 from fex.targets.classifier import Classifier, fit, own_rng
 
@@ -185,7 +186,7 @@ def finetune_classifier(base: str | None, train_set, num_labels: int, epochs: fl
 def target_cache_path(cache_dir: str | None, prefix: str, source: str, settings: dict) -> Path:
     """``<cache>/targets/<prefix>_<source>_<hash of settings>``: one cached target per settings."""
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-    return Path(cache_dir or default_cache_dir()).expanduser() / "targets" / f"{prefix}_{source.replace('/', '_').replace(':', '_')}_{key}"
+    return cache_dir_or_default(cache_dir) / "targets" / f"{prefix}_{source.replace('/', '_').replace(':', '_')}_{key}"
 
 
 def minilm_sentiment(cache_dir: str | None = None, source: str = "rotten_tomatoes", seed: int = 0,
