@@ -70,7 +70,8 @@ def fit_small_cnn(x: torch.Tensor, y: torch.Tensor, epochs: int = DEFAULT_EPOCHS
     return fit(mnist_classifier(model, lr), epochs=epochs, train_dataloaders=loader)
 
 
-def cache_path(cache_dir: str | os.PathLike | None, seed: int, epochs: int, lr: float, val_size: int, test_size: int) -> Path:
+def cache_path(cache_dir: str | os.PathLike | None, seed: int, epochs: int, lr: float, val_size: int,
+               test_size: int) -> Path:
     """The cache file names every training setting, so a short retrain never replaces the full model."""
     return cache_dir_or_default(cache_dir) / f"mnist_cnn_seed{seed}_v{val_size}_t{test_size}_e{epochs}_lr{lr:g}.pt"
 

@@ -126,8 +126,8 @@ def mnist_proxy(cache_dir: str | None = None, seed: int = 0, teacher_seed: int |
     return student
 
 
-def proxy_path(cache_dir: str | os.PathLike | None, seed: int, teacher_seed: int, width: int, masked_copies: int, grid: Sequence[int],
-               baseline: str, epochs: int, val_size: int, test_size: int) -> Path:
+def proxy_path(cache_dir: str | os.PathLike | None, seed: int, teacher_seed: int, width: int, masked_copies: int,
+               grid: Sequence[int], baseline: str, epochs: int, val_size: int, test_size: int) -> Path:
     """Where a proxy with these settings is cached (``.pt``; its record is the ``.json`` beside it)."""
     name = (f"mnist_proxy_t{teacher_seed}_s{seed}_w{width}_m{masked_copies}_g{grid[0]}x{grid[1]}_{baseline}"
             f"_e{epochs}_v{val_size}_t{test_size}")
